@@ -1,0 +1,49 @@
+"""Connecting to the broker: a robust connection, retried with backoff at start-up."""
+
+from __future__ import annotations
+
+import aio_pika
+import yarl
+from aio_pika.abc import AbstractRobustConnection
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from postdate.errors import BrokerUnavailable
+from postdate.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def named_url(url: str, connection_name: str) -> str:
+    """The URL with ``?name=`` set, so the management UI shows who opened the connection."""
+    return str(yarl.URL(url).update_query(name=connection_name))
+
+
+def redacted(url: str) -> str:
+    return str(yarl.URL(url).with_password("***" if yarl.URL(url).password else None))
+
+
+async def connect(
+    url: str, *, name: str, attempts: int = 8, timeout: float = 10.0
+) -> AbstractRobustConnection:
+    """Open a robust connection (it reconnects by itself once established).
+
+    Raises:
+        BrokerUnavailable: no connection after ``attempts`` tries with exponential backoff.
+    """
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type((OSError, ConnectionError, TimeoutError)),
+            reraise=True,
+        ):
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                if number > 1:
+                    log.warning("broker.connect.retry", url=redacted(url), attempt=number)
+                return await aio_pika.connect_robust(named_url(url, name), timeout=timeout)
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach RabbitMQ at {redacted(url)} after {attempts} attempts: {exc}"
+        ) from exc
+    raise AssertionError("unreachable")

@@ -1,0 +1,158 @@
+"""The envelope: AMQP properties and x-postdate- headers around a command's JSON body."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, HeadersType
+
+from postdate.command import Command
+from postdate.errors import InvalidMessage
+
+HEADER_PREFIX = "x-postdate-"
+DUE = "x-postdate-due"  # exact due time, epoch milliseconds
+ATTEMPT = "x-postdate-attempt"  # 1 for the first delivery, +1 per retry
+SCHEMA = "x-postdate-schema"
+QUEUE = "x-postdate-queue"  # destination command queue
+SCHEMA_VERSION = 1
+CONTENT_TYPE = "application/json"
+
+# Broker-written headers that must not travel with a republished copy (reliability rule 3).
+BROKER_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+        "CC",
+        "BCC",
+    }
+)
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+def from_epoch_ms(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One scheduled command as it travels: identity, destination, due time, attempt, body."""
+
+    message_id: str
+    type: str
+    queue: str
+    body: bytes
+    due_at: datetime
+    attempt: int = 1
+    correlation_id: str | None = None
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    extra_headers: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_command(
+        cls,
+        command: Command,
+        due_at: datetime,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Envelope:
+        return cls(
+            message_id=message_id or str(uuid.uuid4()),
+            type=command.command_type,
+            queue=command.queue,
+            body=command.model_dump_json().encode(),
+            due_at=due_at,
+            correlation_id=correlation_id,
+        )
+
+    def headers(self) -> HeadersType:
+        return {
+            **self.extra_headers,
+            DUE: to_epoch_ms(self.due_at),
+            ATTEMPT: self.attempt,
+            SCHEMA: SCHEMA_VERSION,
+            QUEUE: self.queue,
+        }
+
+    def to_message(self, cc: list[str] | None = None) -> aio_pika.Message:
+        headers = self.headers()
+        if cc:
+            headers["CC"] = list(cc)
+        return aio_pika.Message(
+            self.body,
+            headers=headers,
+            content_type=CONTENT_TYPE,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=self.message_id,
+            correlation_id=self.correlation_id,
+            timestamp=self.timestamp,
+            type=self.type,
+        )
+
+    def next_attempt(self, **extra_headers: Any) -> Envelope:
+        """A copy for redelivery: attempt + 1, broker headers already left behind."""
+        return replace(
+            self,
+            attempt=self.attempt + 1,
+            extra_headers={**self.extra_headers, **extra_headers},
+        )
+
+    @classmethod
+    def from_incoming(cls, message: AbstractIncomingMessage) -> Envelope:
+        """Decode a delivery's envelope (not yet its body).
+
+        Raises:
+            InvalidMessage: a required property or header is missing or malformed.
+        """
+        headers = dict(message.headers or {})
+        if not message.message_id:
+            raise InvalidMessage("missing-header", "message_id property is not set")
+        if not message.type:
+            raise InvalidMessage("missing-header", "type property is not set")
+        due_ms = _int_header(headers, DUE)
+        attempt = _int_header(headers, ATTEMPT)
+        if attempt < 1:
+            raise InvalidMessage("invalid-header", f"{ATTEMPT}={attempt} is below 1")
+        queue = headers.get(QUEUE)
+        if isinstance(queue, bytes):
+            queue = queue.decode()
+        if not isinstance(queue, str) or not queue:
+            raise InvalidMessage("missing-header", f"{QUEUE} header is missing")
+        timestamp = message.timestamp or datetime.now(UTC)
+        if timestamp.tzinfo is None:
+            timestamp = timestamp.replace(tzinfo=UTC)
+        own = {DUE, ATTEMPT, SCHEMA, QUEUE}
+        extra = {k: v for k, v in headers.items() if k not in BROKER_HEADERS and k not in own}
+        return cls(
+            message_id=message.message_id,
+            type=message.type,
+            queue=queue,
+            body=message.body,
+            due_at=from_epoch_ms(due_ms),
+            attempt=attempt,
+            correlation_id=message.correlation_id,
+            timestamp=timestamp,
+            extra_headers=extra,
+        )
+
+
+def _int_header(headers: dict[str, Any], name: str) -> int:
+    if name not in headers:
+        raise InvalidMessage("missing-header", f"{name} header is missing")
+    value = headers[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidMessage("invalid-header", f"{name}={value!r} is not an integer")
+    return value

@@ -1,0 +1,80 @@
+"""The error tree: every error postdate raises derives from :class:`PostdateError`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class PostdateError(Exception):
+    """Base of every error raised by postdate."""
+
+
+class ConfigError(PostdateError, ValueError):
+    """A setting is missing or invalid; raised at start-up, before any connection."""
+
+
+class DelayError(PostdateError, ValueError):
+    """A delay or due time that cannot be scheduled (too long, naive datetime, negative)."""
+
+
+class CommandDefinitionError(PostdateError, TypeError):
+    """A :class:`~postdate.Command` subclass is declared wrongly (bad or missing queue name)."""
+
+
+class BrokerUnavailable(PostdateError):
+    """The broker could not be reached after all connection attempts."""
+
+
+class TopologyMismatch(PostdateError):
+    """A queue or exchange exists on the broker with other arguments than postdate declares.
+
+    ``differences`` maps each differing argument to ``(declared, existing)``; ``None``
+    stands for "not set".
+    """
+
+    def __init__(self, name: str, differences: Mapping[str, tuple[Any, Any]], detail: str = ""):
+        self.name = name
+        self.differences = dict(differences)
+        listed = ", ".join(
+            f"{arg}: declared {want!r}, existing {have!r}"
+            for arg, (want, have) in self.differences.items()
+        )
+        message = f"{name!r} exists with other arguments ({listed or detail})"
+        super().__init__(
+            message + "; delete it or declare it with a different prefix/name to migrate"
+        )
+
+
+class PublishError(PostdateError):
+    """A publish was not confirmed by the broker."""
+
+
+class PublishNacked(PublishError):
+    """The broker answered a publish with basic.nack (e.g. a full queue with reject-publish)."""
+
+
+class PublishReturned(PublishError):
+    """The broker returned a mandatory publish: nothing was bound to its routing key."""
+
+    def __init__(self, exchange: str, routing_key: str, reply_text: str):
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.reply_text = reply_text
+        super().__init__(
+            f"publish to exchange {exchange!r} with routing key {routing_key!r} was returned "
+            f"({reply_text}); is the topology declared? run `postdate topology declare`"
+        )
+
+
+class PublishTimeout(PublishError):
+    """The broker did not confirm a publish within the publish timeout."""
+
+
+class InvalidMessage(PostdateError):
+    """A delivery cannot be decoded into a command (bad body, headers or type)."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")

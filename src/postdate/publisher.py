@@ -1,0 +1,261 @@
+"""`Publisher`: send commands into the future through the delay ladder, with confirms."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from postdate import ladder
+from postdate.command import Command
+from postdate.connection import connect
+from postdate.declare import declare_topology
+from postdate.envelope import Envelope
+from postdate.errors import DelayError, PublishNacked, PublishReturned, PublishTimeout
+from postdate.settings import Settings
+from postdate.topology import Names, ladder_topology
+
+When = timedelta | float | int | datetime
+"""A delay (timedelta or seconds) or an aware due datetime."""
+
+# send_many keeps at most this many publishes awaiting confirms at once.
+PIPELINE_WINDOW = 2000
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one publish goes: ``exchange`` ("" is the default exchange) and routing key(s)."""
+
+    exchange: str
+    routing_key: str
+    cc: tuple[str, ...] = ()
+
+
+def route(names: Names, queue: str, seconds: int) -> Route:
+    """Route a delay of ``seconds`` to ``queue``.
+
+    Zero goes to the deliver exchange at once. Otherwise the message enters the ladder
+    queue of its highest set bit by the default exchange (no topic exchange on the publish
+    path), carrying the ladder key in CC: dead-lettering routes on the CC keys too, so
+    each hop's exchange finds the next level from it.
+    """
+    key = ladder.routing_key(seconds, queue)
+    if seconds == 0:
+        return Route(names.deliver, key)
+    return Route("", names.delay_queue(seconds.bit_length() - 1), (key,))
+
+
+def due_time(now: datetime, delay: When | None = None, at: datetime | None = None) -> datetime:
+    """The exact due time of a send, from ``delay`` or ``at`` (not both).
+
+    Raises:
+        DelayError: both or a negative delay given, ``at`` is naive.
+    """
+    if delay is not None and at is not None:
+        raise DelayError("give either delay= or at=, not both")
+    if isinstance(delay, datetime):
+        delay, at = None, delay
+    if at is not None:
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise DelayError(f"at={at.isoformat()} is naive: give it a timezone, e.g. UTC")
+        return at
+    if delay is None:
+        return now
+    span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+    if span < timedelta(0):
+        raise DelayError(f"delay {span} is negative; for 'at once' give delay=0")
+    return now + span
+
+
+class Publisher:
+    """Publishes commands with broker confirms, mandatory routing and persistence.
+
+    Use as an async context manager::
+
+        async with Publisher.from_settings() as pub:
+            await pub.send(ExpireReservation(order_id=oid), delay=timedelta(days=7))
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        declare: bool = True,
+        connection_name: str | None = None,
+    ) -> None:
+        self.settings = settings or Settings.load()
+        self.url = url or self.settings.url
+        self.names = Names(self.settings.prefix)
+        self._declare = declare
+        self._connection_name = connection_name or f"postdate-publisher-{os.getpid()}"
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._default: AbstractExchange | None = None
+        self._deliver: AbstractExchange | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **kwargs: object) -> Publisher:
+        """A publisher configured from the environment (``RABBITMQ_URL``, ``POSTDATE_*``).
+
+        Raises:
+            ConfigError: the environment holds an invalid setting.
+        """
+        return cls(settings=settings or Settings.load(), **kwargs)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect (with retries) and, unless ``declare=False``, declare the ladder.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            TopologyMismatch: a ladder object exists with other arguments.
+        """
+        self._connection = await connect(
+            self.url,
+            name=self._connection_name,
+            attempts=self.settings.connect_attempts,
+            timeout=self.settings.connect_timeout,
+        )
+        if self._declare:
+            await declare_topology(self._connection, ladder_topology(self.settings.prefix))
+        self._channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._default = self._channel.default_exchange
+        self._deliver = await self._channel.get_exchange(self.names.deliver, ensure=False)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def send(
+        self,
+        command: Command,
+        delay: When | None = None,
+        *,
+        at: datetime | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Schedule ``command`` after ``delay`` (or at ``at``); returns its message id.
+
+        Returns only once the broker confirmed the publish. Delay zero or a past ``at``
+        delivers at once. ``message_id`` may carry an idempotency key.
+
+        Raises:
+            DelayError: negative or too long a delay, naive ``at``, both given.
+            PublishReturned: the broker had nowhere to route the message.
+            PublishNacked: the broker refused the message.
+            PublishTimeout: no confirm within the publish timeout.
+        """
+        envelope, target = self.prepare(
+            command, delay, at=at, message_id=message_id, correlation_id=correlation_id
+        )
+        await self._publish(envelope, target)
+        return envelope.message_id
+
+    async def send_many(
+        self, items: Iterable[tuple[Command, When]], *, correlation_id: str | None = None
+    ) -> list[str]:
+        """Schedule many commands, pipelining confirms; returns their message ids in order.
+
+        Every item is validated before anything is published. Returns once every publish
+        is confirmed.
+
+        Raises:
+            DelayError: an item's delay cannot be scheduled (nothing published then).
+            PublishError: at least one publish failed (the others may have gone out).
+        """
+        prepared = [
+            self.prepare(command, when, correlation_id=correlation_id) for command, when in items
+        ]
+        await self.publish_prepared(prepared)
+        return [envelope.message_id for envelope, _ in prepared]
+
+    async def publish_prepared(self, prepared: Sequence[tuple[Envelope, Route]]) -> None:
+        """Publish prepared envelopes, pipelined in windows; raise the first failure."""
+        for start in range(0, len(prepared), PIPELINE_WINDOW):
+            window = prepared[start : start + PIPELINE_WINDOW]
+            results = await asyncio.gather(
+                *(self._publish(envelope, target) for envelope, target in window),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+    def prepare(
+        self,
+        command: Command,
+        delay: When | None = None,
+        *,
+        at: datetime | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        now: datetime | None = None,
+    ) -> tuple[Envelope, Route]:
+        """Compute the envelope and route of one send without publishing it.
+
+        Raises:
+            DelayError: the delay cannot be scheduled.
+        """
+        now = now or datetime.now(UTC)
+        due = due_time(now, delay, at)
+        seconds = ladder.ladder_seconds(due, now)
+        envelope = Envelope.for_command(
+            command, due, message_id=message_id, correlation_id=correlation_id
+        )
+        return envelope, route(self.names, command.queue, seconds)
+
+    async def publish_envelope(self, envelope: Envelope) -> None:
+        """Publish an already-built envelope towards its queue at its due time, confirmed."""
+        seconds = ladder.ladder_seconds(envelope.due_at, datetime.now(UTC))
+        await self._publish(envelope, route(self.names, envelope.queue, seconds))
+
+    async def _publish(self, envelope: Envelope, target: Route) -> None:
+        exchange = self._default if target.exchange == "" else self._deliver
+        if exchange is None:
+            raise RuntimeError("Publisher is not started: use `async with Publisher(...)`")
+        message = envelope.to_message(list(target.cc))
+        try:
+            await exchange.publish(
+                message,
+                target.routing_key,
+                mandatory=True,
+                timeout=self.settings.publish_timeout,
+            )
+        except aiormq.exceptions.PublishError as exc:
+            reply = getattr(exc.frame, "reply_text", "returned")
+            raise PublishReturned(target.exchange, target.routing_key, str(reply)) from None
+        except aiormq.exceptions.DeliveryError as exc:
+            raise PublishNacked(
+                f"broker refused message {envelope.message_id} for {envelope.queue!r}: {exc}"
+            ) from None
+        except TimeoutError as exc:
+            raise PublishTimeout(
+                f"no confirm for message {envelope.message_id} "
+                f"within {self.settings.publish_timeout} s"
+            ) from exc
+
+
+__all__ = ["Publisher", "Route", "When", "due_time", "route"]

@@ -1,0 +1,270 @@
+"""Topology as values: small pure functions compute exchanges, queues and bindings.
+
+The declarer (:mod:`postdate.declare`) applies these values to a broker, and
+:func:`to_definitions` renders the same values as a RabbitMQ definitions file, so code
+and broker config never drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any, TypedDict
+
+from postdate.ladder import LEVELS
+
+QueueArguments = TypedDict(
+    "QueueArguments",
+    {
+        "x-queue-type": str,
+        "x-message-ttl": int,
+        "x-dead-letter-exchange": str,
+        "x-dead-letter-routing-key": str,
+        "x-dead-letter-strategy": str,
+        "x-overflow": str,
+        "x-delivery-limit": int,
+    },
+    total=False,
+)
+
+ExchangeArguments = TypedDict("ExchangeArguments", {"alternate-exchange": str}, total=False)
+
+
+class QueueType(StrEnum):
+    QUORUM = "quorum"
+
+
+class Overflow(StrEnum):
+    REJECT_PUBLISH = "reject-publish"
+
+
+class DeadLetterStrategy(StrEnum):
+    AT_LEAST_ONCE = "at-least-once"
+
+
+class ExchangeType(StrEnum):
+    TOPIC = "topic"
+    FANOUT = "fanout"
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    arguments: QueueArguments
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    name: str
+    type: ExchangeType
+    arguments: ExchangeArguments = field(default_factory=lambda: ExchangeArguments())
+
+
+@dataclass(frozen=True)
+class BindingSpec:
+    source: str
+    destination: str
+    routing_key: str
+    to_exchange: bool = False
+
+
+@dataclass(frozen=True)
+class Topology:
+    exchanges: tuple[ExchangeSpec, ...] = ()
+    queues: tuple[QueueSpec, ...] = ()
+    bindings: tuple[BindingSpec, ...] = ()
+
+    def __add__(self, other: Topology) -> Topology:
+        return Topology(
+            self.exchanges + other.exchanges,
+            self.queues + other.queues,
+            self.bindings + other.bindings,
+        )
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every broker object name postdate uses, under one prefix."""
+
+    prefix: str
+
+    def delay_queue(self, level: int) -> str:
+        return f"{self.prefix}.delay.{level}"
+
+    def after_exchange(self, level: int) -> str:
+        return f"{self.prefix}.after.{level}"
+
+    @property
+    def deliver(self) -> str:
+        return f"{self.prefix}.deliver"
+
+    @property
+    def unroutable(self) -> str:
+        """Name of both the alternate (fanout) exchange and its catch-all queue."""
+        return f"{self.prefix}.unroutable"
+
+
+def retry_queue(queue: str, delay: timedelta) -> str:
+    return f"{queue}.retry.{format_duration(delay)}"
+
+
+def poison_queue(queue: str) -> str:
+    return f"{queue}.poison"
+
+
+def format_duration(delay: timedelta) -> str:
+    """``10s``, ``1m``, ``90s``, ``2h``, ``1d``: the largest unit that divides exactly."""
+    seconds = int(delay.total_seconds())
+    if seconds <= 0 or seconds != delay.total_seconds():
+        raise ValueError(f"retry delay {delay} must be a positive whole number of seconds")
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def quorum(**extra: Any) -> QueueArguments:
+    arguments: QueueArguments = {"x-queue-type": QueueType.QUORUM.value}
+    arguments.update(extra)  # type: ignore[typeddict-item]
+    return arguments
+
+
+def dead_lettering(exchange: str, routing_key: str | None = None) -> dict[str, Any]:
+    """At-least-once dead-lettering: the message leaves only once the target confirmed it."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": exchange,
+        "x-dead-letter-strategy": DeadLetterStrategy.AT_LEAST_ONCE.value,
+        "x-overflow": Overflow.REJECT_PUBLISH.value,
+    }
+    if routing_key is not None:
+        arguments["x-dead-letter-routing-key"] = routing_key
+    return arguments
+
+
+def level_pattern_to_lower(level: int, lower: int) -> str:
+    """Binding on ``after.level`` that sends a message on to ``delay.lower``.
+
+    Bits above and at ``level`` are spent (``*``), the bits between are 0, bit ``lower`` is 1.
+    """
+    return ".".join(["*"] * (LEVELS - level) + ["0"] * (level - 1 - lower) + ["1", "#"])
+
+
+def level_pattern_to_deliver(level: int) -> str:
+    """Binding on ``after.level`` that sends a message to the deliver exchange: no bit left."""
+    return ".".join(["*"] * (LEVELS - level) + ["0"] * level + ["#"])
+
+
+def command_queue_pattern(queue: str) -> str:
+    """Binding on the deliver exchange: exactly 28 bit words, then exactly this queue."""
+    return ".".join(["*"] * LEVELS + [queue])
+
+
+def ladder_topology(prefix: str) -> Topology:
+    """The delay ladder, the deliver exchange and its catch-all for unroutable commands."""
+    names = Names(prefix)
+    exchanges = [
+        ExchangeSpec(names.unroutable, ExchangeType.FANOUT),
+        ExchangeSpec(names.deliver, ExchangeType.TOPIC, {"alternate-exchange": names.unroutable}),
+    ]
+    queues = [QueueSpec(names.unroutable, quorum())]
+    bindings = [BindingSpec(names.unroutable, names.unroutable, "")]
+    for level in range(LEVELS):
+        after = names.after_exchange(level)
+        exchanges.append(ExchangeSpec(after, ExchangeType.TOPIC))
+        queues.append(
+            QueueSpec(
+                names.delay_queue(level),
+                quorum(**{"x-message-ttl": 2**level * 1000}, **dead_lettering(after)),
+            )
+        )
+        bindings.extend(
+            BindingSpec(after, names.delay_queue(lower), level_pattern_to_lower(level, lower))
+            for lower in range(level)
+        )
+        bindings.append(
+            BindingSpec(after, names.deliver, level_pattern_to_deliver(level), to_exchange=True)
+        )
+    return Topology(tuple(exchanges), tuple(queues), tuple(bindings))
+
+
+DEFAULT_RETRY_TIERS = (
+    timedelta(seconds=10),
+    timedelta(minutes=1),
+    timedelta(minutes=10),
+    timedelta(hours=1),
+)
+
+
+def command_queue_topology(
+    prefix: str,
+    queue: str,
+    *,
+    retry_tiers: tuple[timedelta, ...] = DEFAULT_RETRY_TIERS,
+    delivery_limit: int = 5,
+) -> Topology:
+    """A command queue bound to the deliver exchange, its retry tiers and its poison queue.
+
+    The command queue's delivery limit dead-letters a message that keeps killing its
+    consumer to the poison queue; each retry tier holds copies for one fixed TTL and
+    dead-letters them back to the command queue.
+    """
+    poison = poison_queue(queue)
+    queues = [
+        QueueSpec(
+            queue,
+            quorum(**{"x-delivery-limit": delivery_limit}, **dead_lettering("", poison)),
+        ),
+        QueueSpec(poison, quorum()),
+    ]
+    queues.extend(
+        QueueSpec(
+            retry_queue(queue, tier),
+            quorum(
+                **{"x-message-ttl": int(tier.total_seconds() * 1000)},
+                **dead_lettering("", queue),
+            ),
+        )
+        for tier in retry_tiers
+    )
+    binding = BindingSpec(Names(prefix).deliver, queue, command_queue_pattern(queue))
+    return Topology(queues=tuple(queues), bindings=(binding,))
+
+
+def to_definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
+    """Render a topology as a RabbitMQ definitions document (``rabbit/definitions.json``)."""
+    return {
+        "exchanges": [
+            {
+                "name": exchange.name,
+                "vhost": vhost,
+                "type": exchange.type.value,
+                "durable": True,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": dict(exchange.arguments),
+            }
+            for exchange in topology.exchanges
+        ],
+        "queues": [
+            {
+                "name": queue.name,
+                "vhost": vhost,
+                "durable": True,
+                "auto_delete": False,
+                "arguments": dict(queue.arguments),
+            }
+            for queue in topology.queues
+        ],
+        "bindings": [
+            {
+                "source": binding.source,
+                "vhost": vhost,
+                "destination": binding.destination,
+                "destination_type": "exchange" if binding.to_exchange else "queue",
+                "routing_key": binding.routing_key,
+                "arguments": {},
+            }
+            for binding in topology.bindings
+        ],
+    }
