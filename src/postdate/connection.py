@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import aio_pika
+import aiormq
 import yarl
 from aio_pika.abc import AbstractRobustConnection
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from postdate.errors import BrokerUnavailable
 from postdate.logs import get_logger
 
 log = get_logger(__name__)
+
+# aiormq raises AMQPConnectionError (a ConnectionError, so an OSError) both for a refused
+# or dropped TCP connection, which is worth retrying, and for a refused login or an
+# unsupported protocol, which no retry can fix.
+_RETRYABLE = (OSError, ConnectionError, TimeoutError)
+_NOT_RETRYABLE = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.IncompatibleProtocolError,
+)
 
 
 def named_url(url: str, connection_name: str) -> str:
@@ -34,7 +51,9 @@ async def connect(
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(attempts),
             wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type((OSError, ConnectionError, TimeoutError)),
+            retry=(
+                retry_if_exception_type(_RETRYABLE) & retry_if_not_exception_type(_NOT_RETRYABLE)
+            ),
             reraise=True,
         ):
             with attempt:
@@ -42,7 +61,12 @@ async def connect(
                 if number > 1:
                     log.warning("broker.connect.retry", url=redacted(url), attempt=number)
                 return await aio_pika.connect_robust(named_url(url, name), timeout=timeout)
-    except (OSError, ConnectionError, TimeoutError) as exc:
+    except _NOT_RETRYABLE as exc:
+        raise BrokerUnavailable(
+            f"RabbitMQ at {redacted(url)} refused the connection (not retried): {exc}; "
+            "check the user, password and permissions in RABBITMQ_URL"
+        ) from exc
+    except _RETRYABLE as exc:
         raise BrokerUnavailable(
             f"cannot reach RabbitMQ at {redacted(url)} after {attempts} attempts: {exc}"
         ) from exc

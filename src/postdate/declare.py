@@ -33,7 +33,8 @@ async def declare_topology(connection: AbstractConnection, topology: Topology) -
     """
     channel = await connection.channel(publisher_confirms=False)
     try:
-        for spec in (*topology.exchanges, *topology.queues):
+        specs: tuple[Spec, ...] = (*topology.exchanges, *topology.queues)
+        for spec in specs:
             await _declare_checked(connection, channel, spec)
         underlay = await channel.get_underlay_channel()
         for binding in topology.bindings:

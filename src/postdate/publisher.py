@@ -11,7 +11,12 @@ from types import TracebackType
 from typing import Self
 
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractMessage,
+    AbstractRobustConnection,
+)
 
 from postdate import ladder
 from postdate.command import Command
@@ -233,10 +238,19 @@ class Publisher:
         await self._publish(envelope, route(self.names, envelope.queue, seconds))
 
     async def _publish(self, envelope: Envelope, target: Route) -> None:
+        await self.publish_message(envelope.to_message(list(target.cc)), target)
+
+    async def publish_message(self, message: AbstractMessage, target: Route) -> None:
+        """Publish one AMQP message (mandatory, confirmed) along ``target``.
+
+        Raises:
+            PublishReturned, PublishNacked, PublishTimeout: as for :meth:`send`.
+        """
         exchange = self._default if target.exchange == "" else self._deliver
         if exchange is None:
             raise RuntimeError("Publisher is not started: use `async with Publisher(...)`")
-        message = envelope.to_message(list(target.cc))
+        if target.exchange not in ("", self.names.deliver):
+            raise ValueError(f"publisher routes by {self.names.deliver!r} or by queue name only")
         try:
             await exchange.publish(
                 message,
@@ -249,13 +263,18 @@ class Publisher:
             raise PublishReturned(target.exchange, target.routing_key, str(reply)) from None
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishNacked(
-                f"broker refused message {envelope.message_id} for {envelope.queue!r}: {exc}"
+                f"broker refused message {message.message_id} "
+                f"for {target.routing_key!r}: {exc}"
             ) from None
         except TimeoutError as exc:
             raise PublishTimeout(
-                f"no confirm for message {envelope.message_id} "
+                f"no confirm for message {message.message_id} "
                 f"within {self.settings.publish_timeout} s"
             ) from exc
+
+    async def publish_to_queue(self, message: AbstractMessage, queue: str) -> None:
+        """Publish ``message`` straight into ``queue`` by the default exchange, confirmed."""
+        await self.publish_message(message, Route("", queue))
 
 
 __all__ = ["Publisher", "Route", "When", "due_time", "route"]

@@ -1,0 +1,89 @@
+"""`Consumer`: the application object that maps command types to handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from postdate.command import Command
+from postdate.context import Context
+from postdate.errors import CommandDefinitionError
+from postdate.retry import RetryPolicy
+from postdate.topology import Topology, command_queue_topology, ladder_topology
+
+C = TypeVar("C", bound=Command)
+Handler = Callable[[C, Context], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Registration:
+    command: type[Command]
+    handler: Handler[Any]
+    policy: RetryPolicy
+
+
+class Consumer:
+    """Handlers by command type; a worker process runs it (``postdate worker MODULE:APP``).
+
+    ::
+
+        app = Consumer()
+
+        @app.handler(ExpireReservation, retries=RetryPolicy(max_attempts=5))
+        async def expire(cmd: ExpireReservation, ctx: Context) -> None: ...
+    """
+
+    def __init__(self, *, delivery_limit: int | None = None) -> None:
+        self.registrations: dict[str, Registration] = {}
+        self.delivery_limit = delivery_limit
+
+    def handler(
+        self, command: type[C], *, retries: RetryPolicy | int | None = None
+    ) -> Callable[[Handler[C]], Handler[C]]:
+        """Register the decorated coroutine as the handler of ``command``.
+
+        ``retries`` is a :class:`RetryPolicy`, or an int for ``max_attempts`` with the
+        default tiers.
+
+        Raises:
+            CommandDefinitionError: ``command`` already has a handler in this app, or two
+                handled command types share a type name.
+        """
+        policy = RetryPolicy(max_attempts=retries) if isinstance(retries, int) else retries
+
+        def register(function: Handler[C]) -> Handler[C]:
+            name = command.command_type
+            if name in self.registrations:
+                raise CommandDefinitionError(f"command type {name!r} already has a handler")
+            self.registrations[name] = Registration(command, function, policy or RetryPolicy())
+            return function
+
+        return register
+
+    def queues(self) -> list[str]:
+        """The command queues this app consumes, sorted."""
+        return sorted({registration.command.queue for registration in self.registrations.values()})
+
+    def tiers(self, queue: str) -> tuple[timedelta, ...]:
+        """Every retry tier any handler on ``queue`` may use, sorted."""
+        tiers = {
+            tier
+            for registration in self.registrations.values()
+            if registration.command.queue == queue
+            for tier in registration.policy.tiers
+        }
+        return tuple(sorted(tiers))
+
+    def topology(self, prefix: str, delivery_limit: int) -> Topology:
+        """The ladder plus every handled command queue with its retry tiers and poison queue."""
+        topology = ladder_topology(prefix)
+        for queue in self.queues():
+            topology += command_queue_topology(
+                prefix,
+                queue,
+                retry_tiers=self.tiers(queue),
+                delivery_limit=self.delivery_limit or delivery_limit,
+            )
+        return topology

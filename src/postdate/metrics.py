@@ -1,0 +1,22 @@
+"""Prometheus metrics for workers (exposed when a metrics port is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+MESSAGES = Counter(
+    "postdate_messages",
+    "Messages processed by outcome",
+    ["queue", "type", "outcome"],
+)
+HANDLE_SECONDS = Histogram(
+    "postdate_handle_seconds",
+    "Time from receipt to settlement, hold excluded",
+    ["queue", "type"],
+)
+LATENESS_SECONDS = Histogram(
+    "postdate_lateness_seconds",
+    "Delivery time minus due time when a handler starts",
+    ["queue"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)

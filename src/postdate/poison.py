@@ -1,0 +1,231 @@
+"""The poison queue: what a parked message carries, and the operator's list/replay/purge."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, HeadersType
+
+from postdate.envelope import ATTEMPT, BROKER_HEADERS, HEADER_PREFIX, QUEUE, to_epoch_ms
+from postdate.publisher import Publisher
+from postdate.topology import poison_queue
+
+REASON = "x-postdate-poison-reason"
+ERROR_TYPE = "x-postdate-error-type"
+ERROR_MESSAGE = "x-postdate-error-message"
+TRACEBACK = "x-postdate-traceback"
+ATTEMPTS = "x-postdate-attempts"
+FAILED_AT = "x-postdate-failed-at"  # epoch milliseconds
+CONSUMER = "x-postdate-consumer"  # host:pid
+ORIGIN_QUEUE = "x-postdate-origin-queue"
+POISON_HEADERS = (REASON, ERROR_TYPE, ERROR_MESSAGE, TRACEBACK, ATTEMPTS, FAILED_AT, CONSUMER)
+
+MAX_MESSAGE_CHARS = 1_000
+MAX_TRACEBACK_CHARS = 4_000
+
+
+class Reason:
+    """Why a message was parked (the value of the reason header)."""
+
+    EXHAUSTED = "attempts-exhausted"
+    PERMANENT = "permanent-error"
+    INVALID_JSON = "invalid-json"
+    SCHEMA = "schema-violation"
+    UNKNOWN_TYPE = "unknown-type"
+    DELIVERY_LIMIT = "delivery-limit"  # written by the broker: see x-death
+
+
+def consumer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
+
+
+def poison_message(
+    original: AbstractIncomingMessage,
+    *,
+    reason: str,
+    origin_queue: str,
+    attempts: int,
+    error: BaseException | None = None,
+    detail: str = "",
+) -> aio_pika.Message:
+    """A copy of ``original`` for the poison queue: body byte for byte, properties kept,
+    broker headers dropped, the reason and error added as headers."""
+    headers: HeadersType = {
+        key: value for key, value in (original.headers or {}).items() if key not in BROKER_HEADERS
+    }
+    message_text = detail or (str(error) if error is not None else "")
+    headers.update(
+        {
+            REASON: reason,
+            ERROR_TYPE: type(error).__qualname__ if error is not None else "",
+            ERROR_MESSAGE: bounded(message_text, MAX_MESSAGE_CHARS),
+            TRACEBACK: bounded(_traceback_of(error), MAX_TRACEBACK_CHARS),
+            ATTEMPTS: attempts,
+            FAILED_AT: to_epoch_ms(datetime.now(UTC)),
+            CONSUMER: consumer_id(),
+            ORIGIN_QUEUE: origin_queue,
+        }
+    )
+    return aio_pika.Message(
+        original.body,
+        headers=headers,
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=original.message_id,
+        correlation_id=original.correlation_id,
+        timestamp=original.timestamp,
+        type=original.type,
+    )
+
+
+def _traceback_of(error: BaseException | None) -> str:
+    if error is None or error.__traceback__ is None:
+        return ""
+    return "".join(traceback.format_exception(error))
+
+
+@dataclass(frozen=True)
+class PoisonEntry:
+    """One parked message as an operator sees it."""
+
+    message_id: str | None
+    type: str | None
+    reason: str
+    error_type: str
+    error_message: str
+    attempts: int | None
+    failed_at: datetime | None
+    consumer: str
+    origin_queue: str
+    body: bytes
+    traceback: str
+
+    @classmethod
+    def from_message(cls, message: AbstractIncomingMessage, queue: str) -> PoisonEntry:
+        headers = dict(message.headers or {})
+        death = _first_death(headers)
+        failed_at = headers.get(FAILED_AT)
+        return cls(
+            message_id=message.message_id,
+            type=message.type,
+            reason=str(headers.get(REASON) or _death_reason(death)),
+            error_type=str(headers.get(ERROR_TYPE, "")),
+            error_message=str(headers.get(ERROR_MESSAGE, "")),
+            attempts=_int_or_none(headers.get(ATTEMPTS, headers.get(ATTEMPT))),
+            failed_at=(
+                datetime.fromtimestamp(failed_at / 1000, UTC) if isinstance(failed_at, int) else None
+            ),
+            consumer=str(headers.get(CONSUMER, "")),
+            origin_queue=str(
+                headers.get(ORIGIN_QUEUE) or headers.get(QUEUE) or death.get("queue") or queue
+            ),
+            body=message.body,
+            traceback=str(headers.get(TRACEBACK, "")),
+        )
+
+
+def _first_death(headers: dict[str, Any]) -> dict[str, Any]:
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return deaths[0]
+    return {}
+
+
+def _death_reason(death: dict[str, Any]) -> str:
+    return Reason.DELIVERY_LIMIT if death.get("reason") == "delivery_limit" else "unknown"
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def replay_message(message: AbstractIncomingMessage, entry: PoisonEntry) -> aio_pika.Message:
+    """A fresh copy for the origin queue: attempt 1, poison and broker headers removed."""
+    headers: HeadersType = {
+        key: value
+        for key, value in (message.headers or {}).items()
+        if key not in BROKER_HEADERS and key not in POISON_HEADERS and key != ORIGIN_QUEUE
+    }
+    if any(key.startswith(HEADER_PREFIX) for key in headers):
+        headers[ATTEMPT] = 1
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        type=message.type,
+    )
+
+
+async def list_poison(
+    connection: AbstractConnection, queue: str, limit: int = 100
+) -> list[PoisonEntry]:
+    """Read up to ``limit`` parked messages of command queue ``queue`` without removing them."""
+    channel = await connection.channel()
+    try:
+        parked = await channel.get_queue(poison_queue(queue), ensure=True)
+        entries = []
+        for _ in range(limit):
+            message = await parked.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            entries.append(PoisonEntry.from_message(message, queue))
+        return entries
+    finally:
+        await channel.close()  # every unacked message goes back to the poison queue
+
+
+async def replay_poison(
+    connection: AbstractConnection,
+    publisher: Publisher,
+    queue: str,
+    message_ids: set[str] | None = None,
+    limit: int = 10_000,
+) -> list[str]:
+    """Move parked messages back to their origin queue (all, or those in ``message_ids``).
+
+    Each copy is confirmed before its poison message is acked. Returns the replayed ids.
+    """
+    channel = await connection.channel()
+    replayed: list[str] = []
+    try:
+        parked = await channel.get_queue(poison_queue(queue), ensure=True)
+        for _ in range(limit):
+            message = await parked.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            if message_ids is not None and message.message_id not in message_ids:
+                continue  # left unacked: returns to the poison queue when the channel closes
+            entry = PoisonEntry.from_message(message, queue)
+            await publisher.publish_to_queue(replay_message(message, entry), entry.origin_queue)
+            await message.ack()
+            replayed.append(message.message_id or "")
+        return replayed
+    finally:
+        await channel.close()
+
+
+async def purge_poison(connection: AbstractConnection, queue: str) -> int:
+    """Delete every parked message of ``queue``; returns how many were deleted."""
+    channel = await connection.channel()
+    try:
+        parked = await channel.get_queue(poison_queue(queue), ensure=True)
+        result = await parked.purge()
+        return int(result.message_count or 0)
+    finally:
+        await channel.close()

@@ -1,0 +1,163 @@
+"""The worker: consumes a `Consumer` app's queues until told to stop.
+
+One connection consumes, another publishes (retry, poison and follow-up copies), so
+publisher flow control never stalls deliveries. Both are robust: after a dropped
+connection or a broker restart, aio-pika reopens the channel and resumes the consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from postdate.connection import connect
+from postdate.consumer import Consumer
+from postdate.declare import declare_topology
+from postdate.dispatch import Dispatcher
+from postdate.errors import CommandDefinitionError
+from postdate.logs import get_logger
+from postdate.outcomes import Outcome
+from postdate.publisher import Publisher
+from postdate.settings import Settings
+
+log = get_logger("postdate.worker")
+
+
+class Worker:
+    """Runs ``app`` against the broker in ``settings``.
+
+    ``prefetch`` bounds deliveries held by this worker, ``concurrency`` the handlers
+    running at once. :meth:`stop` stops consuming, lets running handlers finish within
+    ``grace_period`` seconds, and leaves everything else unacked for redelivery.
+    """
+
+    def __init__(
+        self,
+        app: Consumer,
+        settings: Settings | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings or Settings.load()
+        self.name = name or f"postdate-worker-{socket.gethostname()}-{os.getpid()}"
+        self.publisher = Publisher(settings=self.settings, connection_name=f"{self.name}-publish")
+        self.dispatcher = Dispatcher(app, self.publisher)
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._consumers: list[tuple[str, str]] = []
+        self._in_flight: set[asyncio.Task[object]] = set()
+        self._handlers = asyncio.Semaphore(self.settings.concurrency)
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def outcomes(self) -> Counter[Outcome]:
+        return self.dispatcher.outcomes
+
+    async def start(self) -> None:
+        """Connect, declare the app's topology and start consuming.
+
+        Raises:
+            BrokerUnavailable: the broker cannot be reached.
+            TopologyMismatch: a queue exists with other arguments.
+            CommandDefinitionError: the app has no handlers.
+        """
+        if not self.app.registrations:
+            raise CommandDefinitionError("the consumer app has no handlers: nothing to consume")
+        await self.publisher.start()
+        self._connection = await connect(
+            self.settings.url,
+            name=self.name,
+            attempts=self.settings.connect_attempts,
+            timeout=self.settings.connect_timeout,
+        )
+        topology = self.app.topology(self.settings.prefix, self.settings.delivery_limit)
+        await declare_topology(self._connection, topology)
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self.settings.prefetch)
+        specs = {spec.name: spec for spec in topology.queues}
+        for name in self.app.queues():
+            # Declared (not merely looked up) through the robust channel, so that the
+            # queue and its consumer are restored after a reconnect.
+            queue = await self._channel.declare_queue(
+                name, durable=True, arguments=dict(specs[name].arguments)
+            )
+            tag = await queue.consume(self._on_message(name))
+            self._consumers.append((name, tag))
+        log.info("worker.started", worker=self.name, queues=sorted(self.app.queues()))
+
+    def _on_message(self, queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._in_flight.add(task)
+            try:
+                async with self._handlers:
+                    if self._stopping:
+                        return  # left unacked: redelivered after we close
+                    await self.dispatcher.process(message, queue)
+            finally:
+                self._in_flight.discard(task)
+
+        return on_message
+
+    async def stop(self, grace_period: float | None = None) -> None:
+        """Stop consuming, finish running handlers within the grace period, then close."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.grace_period if grace_period is None else grace_period
+        await self._cancel_consumers()
+        pending = set(self._in_flight)
+        if pending:
+            log.info("worker.draining", in_flight=len(pending), grace_period=grace)
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()  # its delivery stays unacked: the broker requeues it
+            if late:
+                await asyncio.wait(late, timeout=5)
+        if self._connection is not None:
+            await self._connection.close()
+        await self.publisher.close()
+        log.info("worker.stopped", worker=self.name, outcomes=dict(self.outcomes))
+        self._stopped.set()
+
+    async def _cancel_consumers(self) -> None:
+        if self._channel is None or self._channel.is_closed:
+            return
+        for name, tag in self._consumers:
+            with suppress(Exception):
+                queue = await self._channel.get_queue(name, ensure=False)
+                await queue.cancel(tag)
+
+    async def run_until_signalled(self) -> None:
+        """Start, run until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop_requested.set)
+        try:
+            await self.start()
+            await stop_requested.wait()
+            log.info("worker.signalled", worker=self.name)
+        finally:
+            await self.stop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+
+def run(app: Consumer, settings: Settings | None = None) -> None:
+    """Run ``app`` in this process until SIGTERM/SIGINT (for consumers/ entrypoints)."""
+    from postdate.logs import configure_logging
+
+    configure_logging()
+    asyncio.run(Worker(app, settings).run_until_signalled())
