@@ -60,7 +60,9 @@ async def connect(
                 number = attempt.retry_state.attempt_number
                 if number > 1:
                     log.warning("broker.connect.retry", url=redacted(url), attempt=number)
-                return await aio_pika.connect_robust(named_url(url, name), timeout=timeout)
+                return await aio_pika.connect_robust(
+                    named_url(url, name), timeout=timeout, reconnect_interval=1.0
+                )
     except _NOT_RETRYABLE as exc:
         raise BrokerUnavailable(
             f"RabbitMQ at {redacted(url)} refused the connection (not retried): {exc}; "

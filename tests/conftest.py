@@ -1,0 +1,95 @@
+"""Shared fixtures: the broker (reachability checked once), a prefix per test, settings,
+connections named after the test, a publisher, and cleanup of everything declared.
+
+Integration tests use these fixtures and so need a RabbitMQ at ``RABBITMQ_URL``: without
+one they are skipped locally and fail when ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from postdate.connection import redacted
+from postdate.publisher import Publisher
+from postdate.settings import Settings
+from tests.helpers import Cleanup, amqp_url, broker_address, broker_url
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """None if a TCP connection to ``host:port`` opens, else the reason it did not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return str(exc)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> str:
+    """The broker URL, once it was found listening (checked once per session)."""
+    url = broker_url()
+    host, port = broker_address(url)
+    problem = _reachable(host, port)
+    if problem is not None:
+        message = f"RabbitMQ not reachable at {redacted(url)} ({problem})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + "; CI=true requires a broker", pytrace=False)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def test_name(request: pytest.FixtureRequest) -> str:
+    """A connection name that identifies the running test, e.g. ``pytest test_x[1]``."""
+    return f"pytest {request.node.name}"
+
+
+@pytest.fixture(name="amqp_url")
+def amqp_url_fixture(rabbitmq: str, test_name: str) -> str:
+    """``RABBITMQ_URL`` with ``?name=<test>`` so the management UI shows who opened it."""
+    return amqp_url(test_name, rabbitmq)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A prefix of broker object names unique to this test (starts with a letter)."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(rabbitmq: str, prefix: str) -> Settings:
+    return Settings.load(prefix=prefix, rabbitmq_url=rabbitmq, connect_attempts=3)
+
+
+@pytest.fixture
+async def cleanup(rabbitmq: str, prefix: str, test_name: str) -> AsyncIterator[Cleanup]:
+    """Tracks topologies; at teardown deletes them and the prefix's ladder."""
+    tracker = Cleanup(url=rabbitmq, prefix=prefix, connection_name=test_name)
+    yield tracker
+    await tracker.run()
+
+
+@pytest.fixture
+async def connection(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
+    """A robust connection named after the test, closed at teardown."""
+    conn = await aio_pika.connect_robust(amqp_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def publisher(
+    settings: Settings, cleanup: Cleanup, test_name: str
+) -> AsyncIterator[Publisher]:
+    """A started publisher on the test's prefix (ladder declared, deleted at teardown)."""
+    async with Publisher(settings=settings, connection_name=test_name) as pub:
+        yield pub

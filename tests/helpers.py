@@ -1,0 +1,256 @@
+"""Test helpers: broker cleanup, consuming with arrival times, throwaway command classes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Self, cast
+
+import aio_pika
+import aiormq
+import yarl
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from postdate.command import Command
+from postdate.connection import named_url
+from postdate.declare import declare_topology
+from postdate.settings import DEFAULT_URL
+from postdate.topology import Topology, ladder_topology
+
+
+def broker_url() -> str:
+    """The broker the tests use: ``RABBITMQ_URL``, default ``amqp://guest:guest@localhost:5672/``."""
+    return os.environ.get("RABBITMQ_URL", DEFAULT_URL)
+
+
+def amqp_url(connection_name: str, url: str | None = None) -> str:
+    """The broker URL with ``?name=`` set, so the management UI shows who opened it."""
+    return named_url(url or broker_url(), connection_name)
+
+
+def broker_address(url: str | None = None) -> tuple[str, int]:
+    parsed = yarl.URL(url or broker_url())
+    default_port = 5671 if parsed.scheme == "amqps" else 5672
+    return parsed.host or "localhost", parsed.port or default_port
+
+
+class Ping(Command, queue="postdate-tests.ping"):
+    """Base of throwaway test commands; derive one per queue with :func:`command_for`."""
+
+    n: int
+
+
+def command_for(queue: str, name: str = "Ping") -> type[Ping]:
+    """A :class:`Ping` subclass delivered to ``queue`` with command type ``name``.
+
+    Tests name their queues after their own prefix, so the class is made at run time.
+    """
+    return cast(type[Ping], types.new_class(name, (Ping,), {"queue": queue, "name": name}))
+
+
+@dataclass(frozen=True)
+class Received:
+    """One consumed message and the wall-clock time (``time.time()``) it arrived."""
+
+    queue: str
+    message: AbstractIncomingMessage
+    arrived: float
+
+    @property
+    def arrived_ms(self) -> float:
+        return self.arrived * 1000
+
+
+class Collector:
+    """Consumes up to ``count`` messages from one queue, acking each, noting arrival times.
+
+    Start it before publishing so arrival times are real::
+
+        async with Collector(connection, "q", 10) as collector:
+            await publisher.send_many(...)
+            received = await collector.wait(timeout=30)
+
+    Messages beyond ``count`` are left unacknowledged, so the broker requeues them when
+    the channel closes.
+    """
+
+    def __init__(
+        self, connection: AbstractConnection, queue_name: str, count: int, *, prefetch: int = 500
+    ) -> None:
+        self.connection = connection
+        self.queue_name = queue_name
+        self.count = count
+        self.prefetch = prefetch
+        self.received: list[Received] = []
+        self._done = asyncio.Event()
+        self._channel: AbstractChannel | None = None
+        if count <= 0:
+            self._done.set()
+
+    async def start(self) -> None:
+        self._channel = await self.connection.channel()
+        await self._channel.set_qos(prefetch_count=self.prefetch)
+        queue = await self._channel.get_queue(self.queue_name, ensure=False)
+        await queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        arrived = time.time()
+        if len(self.received) >= self.count:
+            return
+        self.received.append(Received(self.queue_name, message, arrived))
+        await message.ack()
+        if len(self.received) >= self.count:
+            self._done.set()
+
+    async def wait(self, timeout: float) -> list[Received]:
+        """The ``count`` messages, once all arrived; AssertionError naming the shortfall
+        if they did not within ``timeout`` s."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.queue_name}: got {len(self.received)} of {self.count} messages "
+                f"within {timeout} s"
+            ) from None
+        return list(self.received)
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        self._channel = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def collect(
+    connection: AbstractConnection,
+    queue_name: str,
+    count: int,
+    timeout: float,
+    *,
+    prefetch: int = 500,
+) -> list[Received]:
+    """Consume ``count`` messages from ``queue_name`` (acking each) within ``timeout`` s.
+
+    Returns them with their arrival times; raises AssertionError naming the shortfall on
+    timeout. Messages beyond ``count`` are left for the broker to requeue.
+    """
+    async with Collector(connection, queue_name, count, prefetch=prefetch) as collector:
+        return await collector.wait(timeout)
+
+
+async def queue_depth(connection: AbstractConnection, queue_name: str) -> int:
+    """Messages ready in ``queue_name`` (passive declare; the queue must exist)."""
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        underlay = await channel.get_underlay_channel()
+        declared = await underlay.queue_declare(queue_name, passive=True)
+        return int(declared.message_count or 0)
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def ladder_depths(connection: AbstractConnection, prefix: str) -> dict[str, int]:
+    """Ready messages in every queue of ``prefix``'s ladder (which must be declared)."""
+    return {
+        spec.name: await queue_depth(connection, spec.name)
+        for spec in ladder_topology(prefix).queues
+    }
+
+
+@dataclass
+class Cleanup:
+    """Deletes, at teardown, every queue and exchange a test declared.
+
+    The ladder of the test's prefix is always included; :meth:`track` adds more
+    topologies, :meth:`track_queue`/:meth:`track_exchange` single objects.
+    """
+
+    url: str
+    prefix: str
+    connection_name: str
+    topologies: list[Topology] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+    exchanges: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.track(ladder_topology(self.prefix))
+
+    def track(self, topology: Topology) -> Topology:
+        self.topologies.append(topology)
+        return topology
+
+    def track_queue(self, name: str) -> str:
+        self.queues.append(name)
+        return name
+
+    def track_exchange(self, name: str) -> str:
+        self.exchanges.append(name)
+        return name
+
+    def queue_names(self) -> list[str]:
+        names = [spec.name for topology in self.topologies for spec in topology.queues]
+        return list(dict.fromkeys([*names, *self.queues]))
+
+    def exchange_names(self) -> list[str]:
+        names = [spec.name for topology in self.topologies for spec in topology.exchanges]
+        return list(dict.fromkeys([*names, *self.exchanges]))
+
+    async def declare(self, connection: AbstractConnection, topology: Topology) -> Topology:
+        """Track ``topology`` for deletion, then declare it."""
+        await declare_topology(connection, self.track(topology))
+        return topology
+
+    async def run(self, lanes: int = 4) -> None:
+        """Delete everything tracked on a fresh connection, ignoring what is already gone.
+
+        Queues go with ``if_unused=False, if_empty=False``: quorum queues refuse
+        ``if_unused=True`` with a connection-level NOT_IMPLEMENTED error.
+        """
+        connection = await aio_pika.connect(amqp_url(f"{self.connection_name} cleanup", self.url))
+        try:
+            await _delete_all(connection, self.queue_names(), queue=True, lanes=lanes)
+            await _delete_all(connection, self.exchange_names(), queue=False, lanes=lanes)
+        finally:
+            await connection.close()
+
+
+async def _delete_all(
+    connection: AbstractConnection, names: Iterable[str], *, queue: bool, lanes: int
+) -> None:
+    pending = list(names)
+    # A few channels in parallel: each channel runs one RPC at a time.
+    await asyncio.gather(
+        *(_delete_lane(connection, pending[lane::lanes], queue=queue) for lane in range(lanes))
+    )
+
+
+async def _delete_lane(connection: AbstractConnection, names: list[str], *, queue: bool) -> None:
+    if not names:
+        return
+    channel: AbstractChannel = await connection.channel(publisher_confirms=False)
+    try:
+        for name in names:
+            if channel.is_closed:
+                channel = await connection.channel(publisher_confirms=False)
+            underlay = await channel.get_underlay_channel()
+            try:
+                if queue:
+                    await underlay.queue_delete(name, if_unused=False, if_empty=False)
+                else:
+                    await underlay.exchange_delete(name, if_unused=False)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass  # already gone; the broker closed this channel
+    finally:
+        if not channel.is_closed:
+            await channel.close()

@@ -1,0 +1,328 @@
+"""The consumer runtime against the real broker: outcomes, retries, poison, invalid input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from postdate import (
+    Consumer,
+    Context,
+    Outcome,
+    Publisher,
+    Retry,
+    RetryPolicy,
+    Settings,
+    Skip,
+    Worker,
+)
+from postdate.envelope import ATTEMPT, DUE, QUEUE, SCHEMA, to_epoch_ms
+from postdate.poison import (
+    ATTEMPTS,
+    CONSUMER,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    FAILED_AT,
+    ORIGIN_QUEUE,
+    REASON,
+    TRACEBACK,
+    Reason,
+    list_poison,
+    replay_poison,
+)
+from postdate.topology import poison_queue
+from tests.helpers import Cleanup, Ping, collect, command_for, queue_depth
+
+FAST = RetryPolicy(max_attempts=3, tiers=(timedelta(seconds=1),))
+
+StartWorker = Callable[[Consumer], Awaitable[Worker]]
+
+
+class Permanent(Exception):
+    pass
+
+
+@pytest.fixture
+async def start_worker(
+    settings: Settings, cleanup: Cleanup, test_name: str
+) -> AsyncIterator[StartWorker]:
+    workers: list[Worker] = []
+
+    async def start(app: Consumer) -> Worker:
+        cleanup.track(app.topology(settings.prefix, settings.delivery_limit))
+        worker = Worker(app, settings, name=f"{test_name} worker{len(workers)}")
+        workers.append(worker)
+        await worker.start()
+        return worker
+
+    yield start
+    for worker in workers:
+        await worker.stop(grace_period=2)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_outcomes_handled_skipped_retried_poisoned(
+    prefix: str,
+    publisher: Publisher,
+    start_worker: StartWorker,
+    connection: AbstractRobustConnection,
+) -> None:
+    cmd = command_for(f"{prefix}.outcomes")
+    app = Consumer()
+    attempts: dict[int, list[int]] = {}
+
+    @app.handler(cmd, retries=FAST)
+    async def handle(command: Ping, context: Context) -> None:
+        attempts.setdefault(command.n, []).append(context.attempt)
+        if command.n == 2:
+            raise Skip("nothing to do")
+        if command.n == 3 and context.attempt < 2:
+            raise Retry("not yet", after=0.5)
+        if command.n == 4:
+            raise RuntimeError("always fails")
+
+    worker = await start_worker(app)
+    ids = {n: await publisher.send(cmd(n=n)) for n in (1, 2, 3, 4)}
+    await wait_for(lambda: sum(worker.outcomes.values()) >= 7, 20, "7 outcomes")
+
+    assert attempts == {1: [1], 2: [1], 3: [1, 2], 4: [1, 2, 3]}
+    assert worker.outcomes == Counter(
+        {Outcome.HANDLED: 2, Outcome.SKIPPED: 1, Outcome.RETRIED: 3, Outcome.POISONED: 1}
+    )
+    [parked] = await collect(connection, poison_queue(cmd.queue), 1, timeout=5)
+    headers = parked.message.headers
+    assert parked.message.message_id == ids[4]
+    assert headers[REASON] == Reason.EXHAUSTED
+    assert headers[ATTEMPTS] == 3
+    assert headers[ERROR_TYPE] == "RuntimeError"
+    assert headers[ERROR_MESSAGE] == "always fails"
+    assert "RuntimeError: always fails" in str(headers[TRACEBACK])
+    assert headers[ORIGIN_QUEUE] == cmd.queue
+    assert str(headers[CONSUMER]).endswith(f":{__import__('os').getpid()}")
+    assert abs(int(headers[FAILED_AT]) - time.time() * 1000) < 30_000  # type: ignore[arg-type]
+    assert parked.message.body == b'{"n":4}'
+    assert "x-death" not in headers
+
+
+async def test_permanent_error_is_poisoned_at_once(
+    prefix: str,
+    publisher: Publisher,
+    start_worker: StartWorker,
+    connection: AbstractRobustConnection,
+) -> None:
+    cmd = command_for(f"{prefix}.permanent")
+    app = Consumer()
+
+    @app.handler(cmd, retries=RetryPolicy(max_attempts=5, tiers=FAST.tiers, permanent=(Permanent,)))
+    async def handle(command: Ping, context: Context) -> None:
+        raise Permanent("bad state")
+
+    worker = await start_worker(app)
+    await publisher.send(cmd(n=1))
+    await wait_for(lambda: worker.outcomes[Outcome.POISONED] == 1, 10, "poison")
+    [parked] = await collect(connection, poison_queue(cmd.queue), 1, timeout=5)
+    assert parked.message.headers[REASON] == Reason.PERMANENT
+    assert parked.message.headers[ATTEMPTS] == 1
+    assert worker.outcomes[Outcome.RETRIED] == 0
+
+
+def _raw(
+    body: bytes, headers: dict[str, object], type_: str | None, message_id: str
+) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        headers=headers,
+        type=type_,
+        message_id=message_id,
+        content_type="application/json",  # type: ignore[arg-type]
+    )
+
+
+async def test_invalid_input_goes_to_poison_with_reason_and_worker_keeps_consuming(
+    prefix: str,
+    publisher: Publisher,
+    start_worker: StartWorker,
+    connection: AbstractRobustConnection,
+) -> None:
+    cmd = command_for(f"{prefix}.invalid")
+    app = Consumer()
+    handled: list[int] = []
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        handled.append(command.n)
+
+    worker = await start_worker(app)
+    good = {DUE: to_epoch_ms(datetime.now(UTC)), ATTEMPT: 1, SCHEMA: 1, QUEUE: cmd.queue}
+    cases = {
+        "not-json": (b"{not json", good, "Ping", Reason.INVALID_JSON),
+        "unknown": (b'{"n":1}', good, "NoSuchCommand", Reason.UNKNOWN_TYPE),
+        "schema": (b'{"n":"many"}', good, "Ping", Reason.SCHEMA),
+        "extra-field": (b'{"n":1,"zz":2}', good, "Ping", Reason.SCHEMA),
+        "no-due": (
+            b'{"n":1}',
+            {k: v for k, v in good.items() if k != DUE},
+            "Ping",
+            "missing-header",
+        ),
+        "no-type": (b'{"n":1}', good, None, "missing-header"),
+        "bad-attempt": (b'{"n":1}', {**good, ATTEMPT: "x"}, "Ping", "invalid-header"),
+    }
+    channel = await connection.channel()
+    for message_id, (body, headers, kind, _) in cases.items():
+        await channel.default_exchange.publish(_raw(body, headers, kind, message_id), cmd.queue)
+    await publisher.send(cmd(n=7))
+    await wait_for(
+        lambda: handled == [7] and worker.outcomes[Outcome.POISONED] == len(cases), 10, "all"
+    )
+
+    parked = await collect(connection, poison_queue(cmd.queue), len(cases), timeout=5)
+    reasons = {item.message.message_id: item.message.headers[REASON] for item in parked}
+    assert reasons == {message_id: case[3] for message_id, case in cases.items()}
+    bodies = {item.message.message_id: item.message.body for item in parked}
+    assert bodies == {message_id: case[0] for message_id, case in cases.items()}
+
+
+async def test_failing_message_never_stops_the_others(
+    prefix: str, publisher: Publisher, start_worker: StartWorker
+) -> None:
+    cmd = command_for(f"{prefix}.mixed")
+    app = Consumer()
+    handled: set[int] = set()
+
+    @app.handler(cmd, retries=RetryPolicy(max_attempts=1, tiers=FAST.tiers))
+    async def handle(command: Ping, context: Context) -> None:
+        if command.n % 10 == 0:
+            raise ValueError(f"bad {command.n}")
+        handled.add(command.n)
+
+    worker = await start_worker(app)
+    await publisher.send_many((cmd(n=n), 0) for n in range(200))
+    await wait_for(lambda: sum(worker.outcomes.values()) == 200, 20, "200 outcomes")
+    assert handled == {n for n in range(200) if n % 10}
+    assert worker.outcomes[Outcome.POISONED] == 20
+
+
+async def test_two_workers_share_the_load_without_duplicates(
+    prefix: str, publisher: Publisher, start_worker: StartWorker
+) -> None:
+    cmd = command_for(f"{prefix}.shared")
+    seen: list[tuple[int, str]] = []
+
+    def app_for(label: str) -> Consumer:
+        app = Consumer()
+
+        @app.handler(cmd)
+        async def handle(command: Ping, context: Context) -> None:
+            await asyncio.sleep(0.005)
+            seen.append((command.n, label))
+
+        return app
+
+    await start_worker(app_for("a"))
+    await start_worker(app_for("b"))
+    await publisher.send_many((cmd(n=n), 0) for n in range(400))
+    await wait_for(lambda: len(seen) >= 400, 30, "400 handled")
+    await asyncio.sleep(0.3)  # let any duplicate show up before counting
+    numbers = Counter(n for n, _ in seen)
+    assert len(numbers) == 400 and max(numbers.values()) == 1
+    by_worker = Counter(label for _, label in seen)
+    assert by_worker["a"] > 50 and by_worker["b"] > 50, by_worker
+
+
+async def test_follow_up_is_confirmed_before_ack_and_keeps_its_id_on_redelivery(
+    prefix: str,
+    publisher: Publisher,
+    start_worker: StartWorker,
+    connection: AbstractRobustConnection,
+) -> None:
+    first = command_for(f"{prefix}.first")
+    second = command_for(f"{prefix}.second", name="Second")
+    app = Consumer()
+    follow_ups: list[str] = []
+    calls = 0
+
+    @app.handler(first, retries=FAST)
+    async def handle(command: Ping, context: Context) -> None:
+        nonlocal calls
+        calls += 1
+        follow_ups.append(await context.send(second(n=command.n + 1), delay=1))
+        if calls == 1:
+            raise RuntimeError("fails after queueing a follow-up: it is not sent")
+
+    @app.handler(second)
+    async def noop(command: Ping, context: Context) -> None:
+        raise Skip("seen")
+
+    worker = await start_worker(app)
+    await publisher.send(first(n=1))
+    await wait_for(lambda: worker.outcomes[Outcome.SKIPPED] == 1, 15, "follow-up handled")
+    assert worker.outcomes[Outcome.RETRIED] == 1 and worker.outcomes[Outcome.HANDLED] == 1
+    assert follow_ups[0] == follow_ups[1]  # same derived id on both attempts: deduplicable
+    assert await queue_depth(connection, second.queue) == 0
+
+
+async def test_early_message_is_held_until_its_exact_due_time(
+    prefix: str, publisher: Publisher, start_worker: StartWorker
+) -> None:
+    cmd = command_for(f"{prefix}.timing")
+    app = Consumer()
+    lateness: list[float] = []
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        lateness.append((datetime.now(UTC) - context.due_at).total_seconds())
+
+    await start_worker(app)
+    delays = [0.3, 0.9, 1.2, 1.75, 2.5, 2.99]
+    await publisher.send_many((cmd(n=i), delay) for i, delay in enumerate(delays))
+    await wait_for(lambda: len(lateness) == len(delays), 15, "all delivered")
+    assert min(lateness) >= 0, lateness  # never early
+    assert max(lateness) < 1.0, lateness
+
+
+async def test_poison_replay_sends_the_message_back_as_attempt_one(
+    prefix: str,
+    settings: Settings,
+    publisher: Publisher,
+    start_worker: StartWorker,
+    connection: AbstractRobustConnection,
+) -> None:
+    cmd = command_for(f"{prefix}.replay")
+    app = Consumer()
+    healthy = False
+    attempts: list[int] = []
+
+    @app.handler(cmd, retries=RetryPolicy(max_attempts=1, tiers=FAST.tiers))
+    async def handle(command: Ping, context: Context) -> None:
+        attempts.append(context.attempt)
+        if not healthy:
+            raise RuntimeError("dependency down")
+
+    worker = await start_worker(app)
+    message_id = await publisher.send(cmd(n=5))
+    await wait_for(lambda: worker.outcomes[Outcome.POISONED] == 1, 10, "poisoned")
+    [entry] = await list_poison(connection, cmd.queue)
+    assert entry.message_id == message_id and entry.reason == Reason.EXHAUSTED
+    assert await queue_depth(connection, poison_queue(cmd.queue)) == 1  # listing keeps it
+
+    healthy = True
+    replayed = await replay_poison(connection, publisher, cmd.queue, {message_id})
+    assert replayed == [message_id]
+    await wait_for(lambda: worker.outcomes[Outcome.HANDLED] == 1, 10, "handled after replay")
+    assert attempts == [1, 1]
+    assert await queue_depth(connection, poison_queue(cmd.queue)) == 0
