@@ -23,12 +23,21 @@ from tests.helpers import Cleanup, amqp_url, broker_address, broker_url
 
 
 def _reachable(host: str, port: int, timeout: float = 3.0) -> str | None:
-    """None if a TCP connection to ``host:port`` opens, else the reason it did not."""
+    """None if an AMQP broker answers on ``host:port``, else the reason it did not.
+
+    Sends the AMQP 0-9-1 protocol header and expects the start of a Connection.Start
+    frame: a bare TCP accept (e.g. by a proxy) is not enough.
+    """
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            first = sock.recv(1)
     except OSError as exc:
         return str(exc)
+    if first not in (b"\x01", b"A"):  # a method frame, or the broker's own protocol header
+        return f"no AMQP answer (got {first!r})"
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -198,8 +198,10 @@ async def test_broker_closing_all_connections_mid_stream_loses_nothing(
     )
 
 
-async def wait_for_consumer(url: str, queue: str, timeout: float = 30) -> None:
-    """Wait until ``queue`` exists and has a consumer (the worker process is up)."""
+async def wait_for_consumer(
+    url: str, queue: str, timeout: float = 30, consumers: int = 1
+) -> None:
+    """Wait until ``queue`` exists and has ``consumers`` consumers (workers are up)."""
     connection = await aio_pika.connect(url)
     try:
         deadline = time.monotonic() + timeout
@@ -207,7 +209,7 @@ async def wait_for_consumer(url: str, queue: str, timeout: float = 30) -> None:
             channel = await connection.channel()
             try:
                 declared = await channel.declare_queue(queue, passive=True)
-                if (declared.declaration_result.consumer_count or 0) > 0:
+                if (declared.declaration_result.consumer_count or 0) >= consumers:
                     return
             except aio_pika.exceptions.ChannelNotFoundEntity:
                 pass

@@ -1,0 +1,374 @@
+"""Publish benchmark: postdate against raw aio-pika, and delivery lateness through the ladder.
+
+Run: ``python -m bench.publish`` (``make bench``); writes ``bench/results/publish.json``.
+
+(a) sequential ``Publisher.send`` (300 s delay: into ladder level 8) against a raw
+    sequential confirmed publish of a same-size JSON body into a quorum queue by the
+    default exchange (mandatory, persistent);
+(b) ``Publisher.send_many`` against a raw pipelined confirmed publish
+    (``asyncio.gather`` over as many messages) into a quorum queue;
+(c) how late ~3,000 short delays (1-5 s, random sub-second parts) arrive, consumed
+    straight from their command queue (no consumer-side hold).
+
+Runs of (a) and (b) alternate, ``ROUNDS`` times each, and the medians are compared: the
+machine is shared and noisy, so the ratio is the figure, not the absolute rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from postdate import ladder
+from postdate.command import Command
+from postdate.connection import named_url
+from postdate.declare import declare_topology
+from postdate.envelope import DUE
+from postdate.publisher import PIPELINE_WINDOW, Publisher, When
+from postdate.settings import Settings
+from postdate.topology import (
+    Names,
+    QueueSpec,
+    Topology,
+    command_queue_topology,
+    ladder_topology,
+    quorum,
+)
+
+RESULTS = Path(__file__).parent / "results" / "publish.json"
+ROUNDS = 5
+SEQUENTIAL = 1_000  # messages per sequential run
+PIPELINED = 5_000  # messages per pipelined run
+PARKED_DELAY = timedelta(seconds=300)  # enters ladder level 8 and stays there meanwhile
+PARKED_LEVEL = ladder.levels(int(PARKED_DELAY.total_seconds()))[0]  # 8
+LATENESS = 3_000
+LATENESS_DELAYS = (1.0, 5.0)
+TARGET_RATIO = 0.9
+CELERY_REFERENCE = "Celery 5.7 native delayed delivery 119 tasks/s here"
+
+
+class Reserve(Command, queue="bench.unused"):
+    """A typical small command: an id and a short note."""
+
+    order_id: str
+    note: str = "expire the reservation unless picked up"
+
+
+def command_class(queue: str) -> type[Reserve]:
+    class BenchReserve(Reserve, queue=queue, name="Reserve"):
+        pass
+
+    return BenchReserve
+
+
+def sample_body() -> bytes:
+    return Reserve(order_id=str(uuid.uuid4())).model_dump_json().encode()
+
+
+def raw_message(body: bytes) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(uuid.uuid4()),
+    )
+
+
+async def raw_sequential(channel: AbstractChannel, queue: str, count: int, body: bytes) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        await channel.default_exchange.publish(raw_message(body), queue, mandatory=True)
+    return count / (time.perf_counter() - started)
+
+
+async def raw_pipelined(channel: AbstractChannel, queue: str, count: int, body: bytes) -> float:
+    exchange = channel.default_exchange
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(exchange.publish(raw_message(body), queue, mandatory=True) for _ in range(count))
+    )
+    return count / (time.perf_counter() - started)
+
+
+async def postdate_sequential(publisher: Publisher, kind: type[Reserve], count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        await publisher.send(kind(order_id=str(uuid.uuid4())), PARKED_DELAY)
+    return count / (time.perf_counter() - started)
+
+
+async def postdate_pipelined(publisher: Publisher, kind: type[Reserve], count: int) -> float:
+    items: list[tuple[Reserve, When]] = [
+        (kind(order_id=str(uuid.uuid4())), PARKED_DELAY) for _ in range(count)
+    ]
+    started = time.perf_counter()
+    await publisher.send_many(items)
+    return count / (time.perf_counter() - started)
+
+
+def client_build_cost(publisher: Publisher, kind: type[Reserve], body: bytes) -> dict[str, float]:
+    """Microseconds of client CPU per message to build what is published, broker aside:
+    postdate's prepare + envelope-to-message against a bare ``aio_pika.Message``."""
+    count = 5_000
+    commands = [kind(order_id=str(uuid.uuid4())) for _ in range(count)]
+    started = time.perf_counter()
+    for command in commands:
+        envelope, target = publisher.prepare(command, PARKED_DELAY)
+        envelope.to_message(list(target.cc))
+    ours = (time.perf_counter() - started) / count * 1e6
+    started = time.perf_counter()
+    for _ in range(count):
+        raw_message(body)
+    raw = (time.perf_counter() - started) / count * 1e6
+    return {"postdate_prepare_and_build": round(ours, 1), "raw_message_build": round(raw, 1)}
+
+
+async def alternate(
+    raw: Callable[[], Awaitable[float]],
+    raw_same_queue: Callable[[], Awaitable[float]],
+    ours: Callable[[], Awaitable[float]],
+    reset: Callable[[], Awaitable[None]],
+) -> dict[str, Any]:
+    """``ROUNDS`` runs of each, rotating which goes first; medians and their ratios.
+
+    ``raw`` publishes into a plain quorum queue (the baseline of the target ratio);
+    ``raw_same_queue`` publishes the same bare message into the ladder level postdate
+    uses, which separates the cost of that queue's arguments (TTL, at-least-once
+    dead-lettering, reject-publish) from postdate's own client-side cost. ``reset``
+    empties the queues after every run (untimed), so each run starts from the same state.
+    """
+    runs = {"raw": raw, "raw_same_queue": raw_same_queue, "postdate": ours}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for round_number in range(ROUNDS):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            rates[name].append(await runs[name]())
+            await reset()
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    ratio = median["postdate"] / median["raw"]
+    return {
+        **{f"{name}_msg_per_s": [round(rate) for rate in rates[name]] for name in names},
+        **{f"{name}_median_msg_per_s": round(median[name]) for name in names},
+        "ratio": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
+        "ratio_vs_raw_into_same_ladder_queue": round(
+            median["postdate"] / median["raw_same_queue"], 3
+        ),
+        "raw_ladder_queue_vs_plain_quorum_queue": round(
+            median["raw_same_queue"] / median["raw"], 3
+        ),
+    }
+
+
+async def lateness(
+    publisher: Publisher, connection: AbstractRobustConnection, queue: str
+) -> dict[str, Any]:
+    """Send ``LATENESS`` commands due in 1-5 s and time their arrival on the command queue."""
+    kind = command_class(queue)
+    rng = random.Random()
+    delays = {str(n): rng.uniform(*LATENESS_DELAYS) for n in range(LATENESS)}
+    arrivals: list[tuple[AbstractIncomingMessage, float]] = []
+    done = asyncio.Event()
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=500)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        arrivals.append((message, time.time()))
+        await message.ack()
+        if len(arrivals) >= LATENESS:
+            done.set()
+
+    await (await channel.get_queue(queue, ensure=False)).consume(on_message)
+    items: list[tuple[Reserve, When]] = [
+        (kind(order_id=n), timedelta(seconds=delay)) for n, delay in delays.items()
+    ]
+    rng.shuffle(items)
+    published = time.perf_counter()
+    await publisher.send_many(items)
+    publish_s = time.perf_counter() - published
+    try:
+        await asyncio.wait_for(done.wait(), timeout=LATENESS_DELAYS[1] + 60)
+    finally:
+        await channel.close()
+
+    ladder_latency = []  # after the whole-second due: the ladder's own lateness
+    with_hold = []  # after the exact due, had a consumer held the sub-second remainder
+    before_exact_due = 0
+    for message, arrived in arrivals:
+        delay = delays[kind.model_validate_json(message.body).order_id]
+        due_value = (message.headers or {})[DUE]
+        assert isinstance(due_value, int)
+        due = due_value / 1000
+        whole_second_due = due - (delay - math.floor(delay))
+        ladder_latency.append(arrived - whole_second_due)
+        with_hold.append(max(arrived, due) - due)
+        before_exact_due += arrived < due
+    return {
+        "messages": LATENESS,
+        "delays_s": list(LATENESS_DELAYS),
+        "published_in_s": round(publish_s, 2),
+        "lateness_after_whole_second_due_s": percentiles(ladder_latency),
+        "early_vs_whole_second_due": sum(latency < 0 for latency in ladder_latency),
+        "lateness_after_exact_due_with_consumer_hold_s": percentiles(with_hold),
+        "arrived_before_exact_due_without_hold": before_exact_due,
+        "unique_arrivals": len({message.message_id for message, _ in arrivals}),
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(fraction: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(len(ordered) * fraction))], 3)
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 3)}
+
+
+async def delete(connection: AbstractConnection, topology: Topology) -> None:
+    """Delete a topology's queues and exchanges, one at a time, ignoring missing ones."""
+    channel = await connection.channel(publisher_confirms=False)
+    for name, is_queue in [(q.name, True) for q in topology.queues] + [
+        (e.name, False) for e in topology.exchanges
+    ]:
+        if channel.is_closed:
+            channel = await connection.channel(publisher_confirms=False)
+        underlay = await channel.get_underlay_channel()
+        try:
+            if is_queue:
+                await underlay.queue_delete(name, if_unused=False, if_empty=False)
+            else:
+                await underlay.exchange_delete(name)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            pass
+    if not channel.is_closed:
+        await channel.close()
+
+
+async def purge(connection: AbstractConnection, *queues: str) -> None:
+    channel = await connection.channel(publisher_confirms=False)
+    underlay = await channel.get_underlay_channel()
+    for queue in queues:
+        await underlay.queue_purge(queue)
+    await channel.close()
+
+
+def server_version(connection: AbstractRobustConnection) -> str:
+    transport = connection.transport
+    if transport is None:
+        return "unknown"
+    version = transport.connection.server_properties.get("version", "unknown")
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+async def main() -> dict[str, Any]:
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    settings = Settings.load(prefix=prefix)
+    raw_queue = f"{prefix}.raw"
+    lateness_queue = f"{prefix}.lateness"
+    topology = (
+        ladder_topology(prefix)
+        + command_queue_topology(prefix, lateness_queue)
+        + Topology(queues=(QueueSpec(raw_queue, quorum()),))
+    )
+    connection = await aio_pika.connect_robust(named_url(settings.url, "bench.publish raw"))
+    started = time.perf_counter()
+    try:
+        await declare_topology(connection, topology)
+        raw_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        body = sample_body()
+        async with Publisher(settings=settings, connection_name="bench.publish") as publisher:
+            # Lateness first, while the broker holds nothing else.
+            delivery = await lateness(publisher, connection, lateness_queue)
+            kind = command_class(f"{prefix}.parked")
+            assert len(kind(order_id=str(uuid.uuid4())).model_dump_json()) == len(body)
+            parked = Names(prefix).delay_queue(PARKED_LEVEL)
+
+            async def reset() -> None:
+                await purge(connection, raw_queue, parked)
+
+            sequential = await alternate(
+                lambda: raw_sequential(raw_channel, raw_queue, SEQUENTIAL, body),
+                lambda: raw_sequential(raw_channel, parked, SEQUENTIAL, body),
+                lambda: postdate_sequential(publisher, kind, SEQUENTIAL),
+                reset,
+            )
+            sequential["messages_per_run"] = SEQUENTIAL
+            pipelined = await alternate(
+                lambda: raw_pipelined(raw_channel, raw_queue, PIPELINED, body),
+                lambda: raw_pipelined(raw_channel, parked, PIPELINED, body),
+                lambda: postdate_pipelined(publisher, kind, PIPELINED),
+                reset,
+            )
+            pipelined["messages_per_run"] = PIPELINED
+            pipelined["send_many_window"] = PIPELINE_WINDOW
+            build_cost = client_build_cost(publisher, kind, body)
+        version = server_version(connection)
+    finally:
+        await delete(connection, topology)
+        await connection.close()
+
+    return {
+        "benchmark": "publish",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rabbitmq_version": version,
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "rounds": ROUNDS,
+        "body_bytes": len(body),
+        "sequential_send_vs_raw_confirmed_publish": sequential,
+        "send_many_vs_raw_pipelined_confirmed_publish": pipelined,
+        "client_cpu_us_per_message": build_cost,
+        "delivery_lateness": delivery,
+        "reference": {
+            "text": CELERY_REFERENCE,
+            "celery_native_delayed_delivery_tasks_per_s": 119,
+            "postdate_send_many_vs_celery": round(pipelined["postdate_median_msg_per_s"] / 119, 1),
+        },
+        "duration_s": round(time.perf_counter() - started, 1),
+        "note": (
+            "Raw baseline: aio-pika confirmed, mandatory, persistent publishes of a same-size "
+            "JSON body (no headers) into a plain quorum queue by the default exchange, on its "
+            "own connection ('ratio' is against it: the target). postdate publishes the same "
+            "way into ladder level 8 (300 s delay), with its envelope headers and the ladder "
+            "key in CC. 'raw_same_queue' publishes the bare message into that ladder queue, "
+            "to tell the queue's own cost (TTL, at-least-once dead-lettering, reject-publish) "
+            "from postdate's client-side cost. Queues are purged after every run; send_many "
+            f"pipelines in windows of {PIPELINE_WINDOW}. Runs rotate and the medians of "
+            f"{ROUNDS} are compared; the machine is shared, so compare ratios, not rates. "
+            "Delivery lateness is measured at the command queue, before the consumer holds "
+            "the sub-second remainder: 'after whole-second due' is the ladder's own "
+            "latency (negative would be early), 'with consumer hold' is what a handler sees."
+        ),
+    }
+
+
+def run() -> None:
+    results = asyncio.run(main())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,376 @@
+"""The demo: ``make demo`` (``python -m orders.demo``) with a RabbitMQ running.
+
+Sets everything up on its own (a temporary SQLite database, a topology under a unique
+prefix, a worker and an outbox relay in this process), places a few dozen orders,
+reserves them with the hold compressed to seconds, lets customers pick up a random part
+of them before the hold ends, makes the payment provider fail a share of the refunds,
+shows live progress and then a table of what every reminder did, checked against the
+database. Exits 0 only when every reminder reached its outcome; removes its broker
+objects and database either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aio_pika
+import aiormq
+
+from orders.commands import expire_command_for, expire_message_id
+from orders.domain import InvalidTransition, Order, OrderStatus
+from orders.payments import RecordingGateway, Refund
+from orders.reminders import Services, build_app
+from orders.store import OrderStore, ReminderEntry, ReminderOutcome
+from postdate import Outcome, Publisher, RetryPolicy, Settings, Worker, outbox
+from postdate.connection import redacted
+from postdate.errors import PostdateError
+from postdate.logs import configure_logging
+from postdate.outbox import OutboxRelay
+from postdate.topology import Topology
+
+REFUNDED = "refunded and cancelled"
+RETRIED = "retried then refunded"
+EXITED = "exited early"
+NO_OUTCOME = "no outcome yet"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the final table, derived from the database."""
+
+    order: Order
+    outcome: str
+    detail: str
+    deliveries: int
+    refunds: tuple[Refund, ...]
+
+
+def outcome_of(log: Sequence[ReminderEntry]) -> tuple[str, str]:
+    """What the reminder did, from its log entries: ``(outcome, detail)``."""
+    refunded = [entry for entry in log if entry.outcome is ReminderOutcome.REFUNDED]
+    failed = [entry for entry in log if entry.outcome is ReminderOutcome.FAILED]
+    skipped = [entry for entry in log if entry.outcome is ReminderOutcome.SKIPPED]
+    if refunded:
+        if failed:
+            return RETRIED, f"{len(failed)} failed attempt(s) before"
+        return REFUNDED, ""
+    if skipped:
+        return EXITED, skipped[0].detail
+    return NO_OUTCOME, f"{len(failed)} failed attempt(s)" if failed else ""
+
+
+def check(row: Row) -> list[str]:
+    """Why this row disagrees with the database's invariants (empty when it agrees)."""
+    order, problems = row.order, []
+    key = expire_message_id(order.id, order.reservation)
+    if order.status is OrderStatus.COMPLETED:
+        if row.refunds:
+            problems.append("picked up but refunded")
+        if row.outcome != EXITED:
+            problems.append(f"picked up but the reminder says {row.outcome!r}")
+    elif order.status is OrderStatus.CANCELLED:
+        if len(row.refunds) != 1:
+            problems.append(f"cancelled with {len(row.refunds)} refunds")
+        elif row.refunds[0].idempotency_key != key:
+            problems.append(f"refund under key {row.refunds[0].idempotency_key!r}")
+        elif row.refunds[0].amount_cents != order.amount_cents:
+            problems.append("refund amount differs from the order's")
+        if row.outcome not in (REFUNDED, RETRIED):
+            problems.append(f"cancelled but the reminder says {row.outcome!r}")
+    else:
+        problems.append(f"still {order.status.value}")
+    return problems
+
+
+async def table_rows(store: OrderStore, ids: set[uuid.UUID]) -> list[Row]:
+    """The table for the orders ``ids`` (a shared database may hold others)."""
+    orders = [order for order in await store.all_orders() if order.id in ids]
+    refunds = await store.refunds()
+    log = await store.reminder_log()
+    rows = []
+    for order in orders:
+        entries = [entry for entry in log if entry.order_id == order.id]
+        outcome, detail = outcome_of(entries)
+        settled = sum(entry.outcome is not ReminderOutcome.FAILED for entry in entries)
+        mine = tuple(refund for refund in refunds if refund.order_id == order.id)
+        rows.append(Row(order, outcome, detail, settled, mine))
+    return rows
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    order_by = {EXITED: 0, REFUNDED: 1, RETRIED: 2, NO_OUTCOME: 3}
+    header = f"  {'order':<8}  {'amount':>8}  {'status':<9}  {'reminder':<22}  detail"
+    print(header)
+    print("  " + "-" * (len(header) + 12))
+    for row in sorted(rows, key=lambda r: (order_by[r.outcome], str(r.order.id))):
+        amount = f"{row.order.amount_cents / 100:.2f}"
+        details = [f"refund #{refund.id}" for refund in row.refunds]
+        details += [row.detail] if row.detail else []
+        print(
+            f"  {str(row.order.id)[:8]:<8}  {amount:>8}  {row.order.status.value:<9}  "
+            f"{row.outcome:<22}  {'; '.join(details)}"
+        )
+
+
+async def delete_topology(url: str, topology: Topology) -> None:
+    """Delete the demo's queues and exchanges (quorum queues need ``if_unused=False``)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=False)
+        for queue in topology.queues:
+            if channel.is_closed:
+                channel = await connection.channel(publisher_confirms=False)
+            try:
+                underlay = await channel.get_underlay_channel()
+                await underlay.queue_delete(queue.name, if_unused=False, if_empty=False)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass
+        for exchange in topology.exchanges:
+            if channel.is_closed:
+                channel = await connection.channel(publisher_confirms=False)
+            try:
+                underlay = await channel.get_underlay_channel()
+                await underlay.exchange_delete(exchange.name, if_unused=False)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass
+    finally:
+        await connection.close()
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.seed: int = args.seed if args.seed is not None else random.randrange(10_000)
+        self.random = random.Random(self.seed)
+        self.hold = timedelta(seconds=args.hold)
+        self.prefix = f"demo{uuid.uuid4().hex[:8]}"
+        self.settings = Settings.load(prefix=self.prefix, concurrency=16, grace_period=5)
+        self.tmp = tempfile.mkdtemp(prefix="postdate-demo-")
+        self.database_url = args.database_url or f"sqlite+aiosqlite:///{self.tmp}/orders.db"
+        command = expire_command_for(f"{self.prefix}.orders.expire_reservation")
+        self.store = OrderStore.from_url(self.database_url, command=command, hold=self.hold)
+        self.gateway = RecordingGateway(fail_rate=args.fail_rate, seed=self.seed)
+        retries = RetryPolicy(max_attempts=12, tiers=(timedelta(seconds=1), timedelta(seconds=2)))
+        self.app = build_app(Services(self.store, self.gateway), command=command, retries=retries)
+        self.topology = self.app.topology(self.prefix, self.settings.delivery_limit)
+        self.worker = Worker(self.app, self.settings, name=f"orders-demo-{os.getpid()}")
+        self.started = time.monotonic()
+        self.pickups: dict[uuid.UUID, str] = {}
+        self.ids: set[uuid.UUID] = set()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.1f}s] {text}", flush=True)
+
+    async def run(self) -> int:
+        args = self.args
+        print("postdate demo: in-store pickup reservations that expire")
+        print(f"  broker    {redacted(self.settings.url)} (prefix {self.prefix})")
+        print(f"  database  {self.database_url}")
+        print(
+            f"  {args.orders} orders, hold {args.hold:g} s (production: 7 days), "
+            f"~{args.pickup_share:.0%} picked up, ~{args.fail_rate:.0%} of refunds fail "
+            f"transiently, seed {self.seed}"
+        )
+        await self.store.create_schema()
+        await self.worker.start()
+        self.say(f"worker consuming {', '.join(self.app.queues())}; outbox relay running")
+        try:
+            async with Publisher(settings=self.settings, connection_name="orders-demo") as pub:
+                relay = OutboxRelay(self.store.sessions, pub, poll_interval=0.2)
+                stop = asyncio.Event()
+                relaying = asyncio.create_task(relay.run(stop))
+                try:
+                    settled = await self.scenario(relay)
+                finally:
+                    stop.set()
+                    await relaying
+        finally:
+            await self.worker.stop()
+        return await self.report(settled)
+
+    async def scenario(self, relay: OutboxRelay) -> bool:
+        args = self.args
+        orders = [
+            await self.store.place(self.random.randrange(500, 20_000)) for _ in range(args.orders)
+        ]
+        self.ids = {order.id for order in orders}
+        self.say(f"placed {len(orders)} orders")
+        spread = 1.5 / len(orders)  # reservations trickle in over a second and a half
+        reserved = []
+        for order in orders:
+            reserved.append(await self.store.reserve(order.id))
+            relay.notify()
+            await asyncio.sleep(spread)
+        self.say(
+            f"reserved {len(orders)}: each reserve wrote the order change and its reminder "
+            "in one transaction; the relay publishes the reminders"
+        )
+        await self.print_overview(orders[0])
+        chosen = self.random.sample(reserved, round(len(orders) * args.pickup_share))
+        pickups = [
+            asyncio.create_task(self.pick_up(order, self.before_hold_ends(order)))
+            for order in chosen
+        ]
+        deadline = time.monotonic() + args.timeout
+        settled = False
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            settled = await self.progress()
+            if settled and all(task.done() for task in pickups):
+                break
+        await asyncio.gather(*pickups)
+        return settled
+
+    def before_hold_ends(self, order: Order) -> float:
+        """Seconds from now to a random moment at least half a second before the hold ends."""
+        assert order.expires_at is not None
+        left = (order.expires_at - datetime.now(UTC)).total_seconds()
+        return max(0.0, left - self.random.uniform(0.5, max(0.6, self.args.hold - 0.5)))
+
+    async def pick_up(self, order: Order, after: float) -> None:
+        await asyncio.sleep(after)
+        try:
+            await self.store.complete(order.id)
+            self.pickups[order.id] = "picked up"
+        except InvalidTransition as exc:
+            self.pickups[order.id] = f"too late: {exc}"
+
+    async def print_overview(self, example: Order) -> None:
+        async with self.store.sessions() as session:
+            buckets = await outbox.schedule_overview(session, timedelta(seconds=1))
+        self.say("upcoming reminders by due second (queried from the outbox):")
+        for bucket in buckets:
+            bar = "#" * bucket.count
+            print(f"          {bucket.start:%H:%M:%S} UTC  {bucket.count:3d} {bar}", flush=True)
+        for row in await self.store.upcoming(example.id):
+            state = "published" if row.relayed else "not yet published"
+            self.say(
+                f"coming up for order {str(example.id)[:8]}: {row.type} "
+                f"at {row.due_at:%H:%M:%S.%f}"[:-3]
+                + f" UTC ({state}, id {row.message_id})"
+            )
+
+    async def progress(self) -> bool:
+        rows = await table_rows(self.store, self.ids)
+        async with self.store.sessions() as session:
+            pending = await outbox.pending_count(session)
+        statuses = Counter(row.order.status for row in rows)
+        outcomes = Counter(row.outcome for row in rows)
+        self.say(
+            f"outbox pending {pending:2d} | reserved {statuses[OrderStatus.RESERVED]:2d} "
+            f"completed {statuses[OrderStatus.COMPLETED]:2d} "
+            f"cancelled {statuses[OrderStatus.CANCELLED]:2d} | reminders: "
+            f"{outcomes[EXITED]} exited early, {outcomes[REFUNDED]} refunded, "
+            f"{outcomes[RETRIED]} retried then refunded | "
+            f"refund failures so far {self.gateway.failures}"
+        )
+        return all(row.outcome != NO_OUTCOME for row in rows) and pending == 0
+
+    async def report(self, settled: bool) -> int:
+        rows = await table_rows(self.store, self.ids)
+        print()
+        print_table(rows)
+        problems = [f"{str(row.order.id)[:8]}: {p}" for row in rows for p in check(row)]
+        failed_log = sum(
+            entry.outcome is ReminderOutcome.FAILED and entry.order_id in self.ids
+            for entry in await self.store.reminder_log()
+        )
+        if failed_log != self.gateway.failures:
+            problems.append(
+                f"{failed_log} failed attempts logged, gateway failed {self.gateway.failures}"
+            )
+        outcomes = self.worker.outcomes
+        if outcomes[Outcome.POISONED]:
+            problems.append(f"{outcomes[Outcome.POISONED]} reminder(s) parked as poison")
+        late = [o for o, what in self.pickups.items() if what != "picked up"]
+        completed = {row.order.id for row in rows if row.order.status is OrderStatus.COMPLETED}
+        picked = {o for o, what in self.pickups.items() if what == "picked up"}
+        if completed != picked:
+            problems.append(f"{len(picked)} pickups succeeded but {len(completed)} completed")
+        counts = Counter(row.outcome for row in rows)
+        print()
+        print(
+            f"  {len(rows)} orders: {counts[EXITED]} exited early (picked up), "
+            f"{counts[REFUNDED]} refunded and cancelled, {counts[RETRIED]} retried then "
+            f"refunded; {self.gateway.failures} refund calls failed transiently, "
+            f"{len(late)} pickup(s) came too late"
+        )
+        print(
+            "  worker: "
+            + ", ".join(f"{outcome.value} {n}" for outcome, n in sorted(outcomes.items()))
+        )
+        if not settled:
+            problems.append(f"not every reminder reached its outcome within {self.args.timeout} s")
+        if problems:
+            print("  table does NOT match the database:")
+            for problem in problems:
+                print(f"    - {problem}")
+            return 1
+        print(
+            "  table matches the database: every picked-up order completed and never refunded, "
+            "every expired order cancelled with exactly one refund"
+        )
+        return 0
+
+    async def close(self) -> None:
+        try:
+            await delete_topology(self.settings.url, self.topology)
+        except (PostdateError, aiormq.exceptions.AMQPError, OSError) as exc:
+            print(f"  could not remove the demo's broker objects: {exc}", file=sys.stderr)
+        await self.store.close()
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m orders.demo", description=__doc__)
+    parser.add_argument("--orders", type=int, default=36, help="orders to place (default 36)")
+    parser.add_argument("--hold", type=float, default=5.0, help="hold period in seconds (5)")
+    parser.add_argument(
+        "--pickup-share", type=float, default=0.4, help="share picked up in time (0.4)"
+    )
+    parser.add_argument(
+        "--fail-rate", type=float, default=0.3, help="share of refund calls that fail (0.3)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="give up after (60 s)")
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary database")
+    args = parser.parse_args(argv)
+    if args.orders < 1 or args.hold <= 1 or not 0 <= args.pickup_share <= 1:
+        parser.error("need --orders >= 1, --hold > 1 and --pickup-share within [0, 1]")
+    if not 0 <= args.fail_rate < 1:
+        parser.error("--fail-rate must be within [0, 1)")
+    return args
+
+
+async def main_async(argv: Sequence[str] | None = None) -> int:
+    configure_logging("WARNING")
+    demo = Demo(parse(argv))
+    try:
+        return await demo.run()
+    except PostdateError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await demo.close()
+
+
+def main() -> None:
+    sys.exit(asyncio.run(main_async()))
+
+
+if __name__ == "__main__":
+    main()

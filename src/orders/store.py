@@ -1,0 +1,412 @@
+"""The order store on SQLAlchemy 2 (async): SQLite (aiosqlite) by default, PostgreSQL
+(asyncpg) when ``DATABASE_URL`` says so.
+
+Every state change is one conditional ``UPDATE ... WHERE status = <from>``, so racing
+changes (a late pickup and the expiry reminder, or a reminder delivered twice) cannot
+both win. Reserving writes the order change and the scheduled reminder (an outbox row)
+in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import event, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from orders.commands import ExpireReservation, expire_message_id
+from orders.domain import (
+    DEFAULT_HOLD,
+    EXPIRY_SLACK,
+    InvalidTransition,
+    Order,
+    OrderNotFound,
+    OrderStatus,
+)
+from orders.payments import PaymentGateway, Refund
+from orders.tables import metadata, orders, refunds, reminder_log
+from postdate import outbox
+
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url``, set up for concurrent writers.
+
+    On SQLite: WAL journal, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every
+    transaction, so a transaction that reads before it writes waits for the write lock
+    instead of failing with "database is locked" when another writer got there first
+    (SQLite transactions are serialised; savepoints work).
+
+    Raises:
+        sqlalchemy.exc.ArgumentError: ``url`` is not a database URL SQLAlchemy knows.
+    """
+    if not url.startswith("sqlite"):
+        return create_async_engine(url, **kwargs)
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT, **kwargs.pop("connect_args", {})}
+    engine = create_async_engine(url, connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class ReminderOutcome(StrEnum):
+    """What one delivery of the expiry reminder did (one ``reminder_log`` row each)."""
+
+    REFUNDED = "refunded"  # refunded and cancelled
+    SKIPPED = "skipped"  # exited early: nothing to do
+    FAILED = "failed"  # raised (e.g. the payment provider was down): retried later
+    EARLY = "early"  # arrived before the reservation expired (clock skew): retried later
+
+
+@dataclass(frozen=True)
+class ReminderEntry:
+    order_id: uuid.UUID
+    message_id: str
+    attempt: int
+    outcome: ReminderOutcome
+    detail: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """The result of expiring a reservation: the refund, or why nothing was done, and
+    ``retry_at`` when the reminder came too early and must be tried again then."""
+
+    refund: Refund | None
+    reason: str = ""
+    retry_at: datetime | None = None
+
+
+class OrderStore:
+    """Orders, refunds and the reminder log in one database.
+
+    ``command`` is the reminder class to schedule (its queue), ``hold`` the default hold
+    period. ``sessions`` makes sessions (e.g. for an :class:`~postdate.outbox.OutboxRelay`).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        command: type[ExpireReservation] = ExpireReservation,
+        hold: timedelta = DEFAULT_HOLD,
+    ) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.command = command
+        self.hold = hold
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> OrderStore:
+        """A store on a new engine for ``url`` (see :func:`make_engine`)."""
+        return cls(make_engine(url), **kwargs)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def create_schema(self) -> None:
+        """Create the service's tables and the outbox table where missing."""
+        async with self.engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+            await connection.run_sync(outbox.outbox_metadata.create_all)
+
+    async def drop_schema(self) -> None:
+        async with self.engine.begin() as connection:
+            await connection.run_sync(outbox.outbox_metadata.drop_all)
+            await connection.run_sync(metadata.drop_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- commands ---------------------------------------------------------------------
+
+    async def place(self, amount_cents: int, *, now: datetime | None = None) -> Order:
+        """Place a new order.
+
+        Raises:
+            ValueError: the amount is not positive.
+        """
+        order = Order.place(amount_cents, now or datetime.now(UTC))
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                insert(orders).values(
+                    id=order.id,
+                    status=order.status.value,
+                    amount_cents=order.amount_cents,
+                    placed_at=order.placed_at,
+                    reservation=order.reservation,
+                )
+            )
+        return order
+
+    async def reserve(
+        self,
+        order_id: uuid.UUID,
+        *,
+        hold: timedelta | None = None,
+        now: datetime | None = None,
+        schedule: bool = True,
+    ) -> Order:
+        """Reserve a placed order and schedule its expiry reminder, in one transaction.
+
+        The reminder is an outbox row (message id :func:`expire_message_id`, due at the
+        end of the hold); a relay publishes it after the commit. ``schedule=False`` only
+        changes the order (for comparison in benchmarks).
+
+        Raises:
+            OrderNotFound: no such order.
+            InvalidTransition: the order is not placed.
+            ValueError: ``hold`` is not positive.
+            DelayError: ``hold`` is longer than the delay ladder reaches.
+        """
+        hold = self.hold if hold is None else hold
+        if hold <= timedelta(0):
+            raise ValueError(f"hold must be positive, got {hold}")
+        now = now or datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                update(orders)
+                .where(orders.c.id == order_id, orders.c.status == OrderStatus.PLACED.value)
+                .values(
+                    status=OrderStatus.RESERVED.value,
+                    reservation=orders.c.reservation + 1,
+                    reserved_at=now,
+                    expires_at=now + hold,
+                )
+                .returning(*orders.c)
+            )
+            row = result.first()
+            if row is None:
+                raise await self._refusal(session, order_id, "reserve")
+            order = _order(row)
+            if schedule:
+                assert order.expires_at is not None
+                await outbox.schedule(
+                    session,
+                    self.command(order_id=order.id, reservation=order.reservation),
+                    at=order.expires_at,
+                    message_id=expire_message_id(order.id, order.reservation),
+                    correlation_id=str(order.id),
+                    now=now,
+                )
+        return order
+
+    async def complete(self, order_id: uuid.UUID, *, now: datetime | None = None) -> Order:
+        """The customer picked the order up.
+
+        Raises:
+            OrderNotFound: no such order.
+            InvalidTransition: the order is not reserved (placed, already completed, or
+                cancelled because the reservation expired first).
+        """
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                update(orders)
+                .where(orders.c.id == order_id, orders.c.status == OrderStatus.RESERVED.value)
+                .values(status=OrderStatus.COMPLETED.value, completed_at=now or datetime.now(UTC))
+                .returning(*orders.c)
+            )
+            row = result.first()
+            if row is None:
+                raise await self._refusal(session, order_id, "complete")
+            return _order(row)
+
+    async def expire(
+        self,
+        command: ExpireReservation,
+        *,
+        message_id: str,
+        attempt: int,
+        gateway: PaymentGateway,
+        now: datetime | None = None,
+        slack: timedelta = EXPIRY_SLACK,
+    ) -> Expiry:
+        """Refund and cancel the order of an expiry reminder, in one transaction.
+
+        First the conditional cancel (only a reserved order of this reservation, due
+        within ``slack``, becomes cancelled: it also locks the row), then the refund under
+        ``message_id`` as idempotency key, then the log entry; all commit together. A
+        pickup racing it changes zero rows, or makes this cancel change zero rows: exactly
+        one wins. When there is nothing to do, the reason is logged and returned (and
+        nothing is refunded); a reminder for the current reservation that arrives before
+        its expiry (clock skew beyond ``slack``) returns ``retry_at`` instead.
+
+        Raises:
+            PaymentUnavailable: the gateway failed; the transaction rolled back, the order
+                is still reserved.
+        """
+        now = now or datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                update(orders)
+                .where(
+                    orders.c.id == command.order_id,
+                    orders.c.status == OrderStatus.RESERVED.value,
+                    orders.c.reservation == command.reservation,
+                    orders.c.expires_at <= now + slack,
+                )
+                .values(status=OrderStatus.CANCELLED.value, cancelled_at=now)
+                .returning(orders.c.amount_cents)
+            )
+            amount = result.scalar_one_or_none()
+            if amount is None:
+                reason, retry_at = await self._nothing_to_expire(session, command, now, slack)
+                outcome = "skipped" if retry_at is None else "early"
+                await _log(session, command.order_id, message_id, attempt, outcome, reason, now)
+                return Expiry(None, reason, retry_at)
+            refund = await gateway.refund(
+                session,
+                order_id=command.order_id,
+                amount_cents=amount,
+                idempotency_key=message_id,
+            )
+            detail = f"refund {refund.id}: {amount} cents" + (" (replayed)" * refund.replayed)
+            await _log(session, command.order_id, message_id, attempt, "refunded", detail, now)
+            return Expiry(refund)
+
+    async def log_failure(
+        self, order_id: uuid.UUID, *, message_id: str, attempt: int, error: BaseException
+    ) -> None:
+        """Record a failed reminder attempt (its own transaction)."""
+        async with self.sessions() as session, session.begin():
+            await _log(session, order_id, message_id, attempt, "failed", repr(error)[:500], None)
+
+    # --- queries ----------------------------------------------------------------------
+
+    async def get(self, order_id: uuid.UUID) -> Order:
+        """The order ``order_id``.
+
+        Raises:
+            OrderNotFound: no such order.
+        """
+        async with self.sessions() as session:
+            row = (await session.execute(select(orders).where(orders.c.id == order_id))).first()
+        if row is None:
+            raise OrderNotFound(order_id)
+        return _order(row)
+
+    async def all_orders(self) -> list[Order]:
+        async with self.sessions() as session:
+            result = await session.execute(select(orders).order_by(orders.c.placed_at))
+            return [_order(row) for row in result]
+
+    async def refunds(self, order_id: uuid.UUID | None = None) -> list[Refund]:
+        query = select(refunds).order_by(refunds.c.id)
+        if order_id is not None:
+            query = query.where(refunds.c.order_id == order_id)
+        async with self.sessions() as session:
+            return [Refund.from_row(row) for row in await session.execute(query)]
+
+    async def reminder_log(self, order_id: uuid.UUID | None = None) -> list[ReminderEntry]:
+        query = select(reminder_log).order_by(reminder_log.c.id)
+        if order_id is not None:
+            query = query.where(reminder_log.c.order_id == order_id)
+        async with self.sessions() as session:
+            return [
+                ReminderEntry(
+                    row.order_id,
+                    row.message_id,
+                    row.attempt,
+                    ReminderOutcome(row.outcome),
+                    row.detail,
+                    row.at,
+                )
+                for row in await session.execute(query)
+            ]
+
+    async def upcoming(self, order_id: uuid.UUID) -> list[outbox.OutboxRow]:
+        """What is scheduled for this order from now on (relayed or not)."""
+        async with self.sessions() as session:
+            return await outbox.upcoming(session, correlation_id=str(order_id))
+
+    # --- helpers ----------------------------------------------------------------------
+
+    async def _refusal(
+        self, session: AsyncSession, order_id: uuid.UUID, action: str
+    ) -> OrderNotFound | InvalidTransition:
+        row = (await session.execute(select(orders).where(orders.c.id == order_id))).first()
+        if row is None:
+            return OrderNotFound(order_id)
+        order = _order(row)
+        why = "the reservation expired" if order.status is OrderStatus.CANCELLED else ""
+        return InvalidTransition(order_id, action, order.status, why)
+
+    async def _nothing_to_expire(
+        self, session: AsyncSession, command: ExpireReservation, now: datetime, slack: timedelta
+    ) -> tuple[str, datetime | None]:
+        row = (await session.execute(select(orders).where(orders.c.id == command.order_id))).first()
+        if row is None:
+            return "order not found", None
+        order = _order(row)
+        if order.status is OrderStatus.COMPLETED:
+            return "picked up", None
+        if order.status is OrderStatus.CANCELLED:
+            return "already cancelled", None
+        if order.reservation != command.reservation:
+            stale = f"stale reminder: reservation {command.reservation}, now {order.reservation}"
+            return stale, None
+        if order.status is not OrderStatus.RESERVED:
+            return f"order is {order.status.value}", None
+        if not order.is_due(now, slack) and order.expires_at is not None:
+            return f"not yet due: expires at {order.expires_at.isoformat()}", order.expires_at
+        return "order changed meanwhile", None  # pragma: no cover - the update matched
+
+
+async def _log(
+    session: AsyncSession,
+    order_id: uuid.UUID,
+    message_id: str,
+    attempt: int,
+    outcome: str,
+    detail: str,
+    now: datetime | None,
+) -> None:
+    await session.execute(
+        insert(reminder_log).values(
+            order_id=order_id,
+            message_id=message_id,
+            attempt=attempt,
+            outcome=outcome,
+            detail=detail,
+            at=now or datetime.now(UTC),
+        )
+    )
+
+
+def _order(row: Row[Any]) -> Order:
+    return Order(
+        id=row.id,
+        status=OrderStatus(row.status),
+        amount_cents=row.amount_cents,
+        placed_at=row.placed_at,
+        reservation=row.reservation,
+        reserved_at=row.reserved_at,
+        expires_at=row.expires_at,
+        completed_at=row.completed_at,
+        cancelled_at=row.cancelled_at,
+    )

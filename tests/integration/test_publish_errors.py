@@ -1,0 +1,84 @@
+"""Typed errors from the publisher: bad delays, returns, an unreachable or refusing broker."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from datetime import datetime, timedelta
+
+import pytest
+import yarl
+from aio_pika.abc import AbstractRobustConnection
+
+from postdate.errors import BrokerUnavailable, DelayError, PublishReturned
+from postdate.publisher import Publisher, When
+from postdate.settings import Settings
+from postdate.topology import command_queue_topology
+from tests.helpers import Cleanup, Ping, command_for, ladder_depths, queue_depth
+
+
+async def test_unschedulable_delays_raise_and_publish_nothing(
+    publisher: Publisher, connection: AbstractRobustConnection, cleanup: Cleanup, prefix: str
+) -> None:
+    queue = f"{prefix}.orders"
+    await cleanup.declare(connection, command_queue_topology(prefix, queue))
+    command = command_for(queue)
+
+    with pytest.raises(DelayError, match="maximum"):
+        await publisher.send(command(n=1), timedelta(seconds=2**28))
+    with pytest.raises(DelayError, match="naive"):
+        await publisher.send(command(n=2), at=datetime(2031, 1, 1))
+    with pytest.raises(DelayError, match="naive"):
+        await publisher.send(command(n=3), datetime(2031, 1, 1))
+    batch: list[tuple[Ping, When]] = [
+        (command(n=4), 0),
+        (command(n=5), timedelta(seconds=5)),
+        (command(n=6), timedelta(days=365 * 9)),  # refused: nothing of the batch goes out
+    ]
+    with pytest.raises(DelayError, match="maximum"):
+        await publisher.send_many(batch)
+
+    depths = await ladder_depths(connection, prefix)
+    depths[queue] = await queue_depth(connection, queue)
+    assert set(depths.values()) == {0}, depths
+
+
+async def test_publish_with_nowhere_to_go_is_returned(
+    settings: Settings, cleanup: Cleanup, test_name: str, prefix: str
+) -> None:
+    async with Publisher(settings=settings, declare=False, connection_name=test_name) as pub:
+        with pytest.raises(PublishReturned) as caught:
+            await asyncio.wait_for(pub.send(command_for(f"{prefix}.q")(n=1), 5), timeout=10)
+    assert caught.value.exchange == ""
+    assert caught.value.routing_key == f"{prefix}.delay.2"
+    assert "NO_ROUTE" in caught.value.reply_text
+    assert "topology declare" in str(caught.value)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_unreachable_broker_raises_broker_unavailable_after_retries() -> None:
+    url = f"amqp://guest:secret@127.0.0.1:{closed_port()}/"
+    settings = Settings.load(rabbitmq_url=url, connect_attempts=2, connect_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="after 2 attempts") as caught:
+        await asyncio.wait_for(Publisher(settings=settings).start(), timeout=10)
+    elapsed = time.monotonic() - started
+    assert 0.15 <= elapsed < 5  # one backoff wait (0.2 s) between the two attempts
+    assert "secret" not in str(caught.value)
+
+
+async def test_refused_login_is_not_retried(rabbitmq: str) -> None:
+    url = str(yarl.URL(rabbitmq).with_user("postdate-nobody").with_password("wrong"))
+    settings = Settings.load(rabbitmq_url=url, connect_attempts=5)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="not retried") as caught:
+        await asyncio.wait_for(Publisher(settings=settings).start(), timeout=10)
+    assert time.monotonic() - started < 1.5  # 5 attempts would back off for 3 s
+    assert "wrong" not in str(caught.value)

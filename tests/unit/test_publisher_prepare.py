@@ -1,0 +1,108 @@
+"""Publisher.prepare: the envelope and route of a send, computed without a broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from postdate import ladder
+from postdate.command import Command
+from postdate.errors import DelayError
+from postdate.publisher import Publisher, Route, When
+from postdate.settings import Settings
+
+NOW = datetime(2030, 1, 1, 12, 0, 0, 300_000, tzinfo=UTC)
+
+
+class Expire(Command, queue="orders.expire"):
+    order: int
+
+
+@pytest.fixture
+def publisher() -> Publisher:
+    """Not started: prepare needs no connection."""
+    return Publisher(settings=Settings.load(prefix="p"))
+
+
+def test_delay_zero_goes_to_the_deliver_exchange(publisher: Publisher) -> None:
+    envelope, target = publisher.prepare(Expire(order=1), 0, now=NOW)
+    assert target == Route("p.deliver", ladder.routing_key(0, "orders.expire"))
+    assert envelope.due_at == NOW
+
+
+@pytest.mark.parametrize(
+    ("delay", "seconds", "span"),
+    [
+        (1, 1, timedelta(seconds=1)),
+        (1.999, 1, timedelta(seconds=1.999)),  # whole seconds only: the consumer holds the rest
+        (timedelta(seconds=300), 300, timedelta(seconds=300)),
+        (timedelta(days=7), 604_800, timedelta(days=7)),
+        (ladder.MAX_DELAY_SECONDS, ladder.MAX_DELAY_SECONDS, timedelta(seconds=2**28 - 1)),
+    ],
+)
+def test_delays_enter_the_level_of_their_highest_bit_by_the_default_exchange(
+    publisher: Publisher, delay: When, seconds: int, span: timedelta
+) -> None:
+    envelope, target = publisher.prepare(Expire(order=1), delay, now=NOW)
+    key = ladder.routing_key(seconds, "orders.expire")
+    highest = ladder.levels(seconds)[0]
+    assert target == Route("", f"p.delay.{highest}", (key,))
+    assert envelope.to_message(list(target.cc)).headers["CC"] == [key]
+    assert envelope.due_at == NOW + span
+
+
+@pytest.mark.parametrize("delay", [0.5, 0.999, timedelta(milliseconds=1)])
+def test_sub_second_delays_deliver_at_once(publisher: Publisher, delay: When) -> None:
+    _, target = publisher.prepare(Expire(order=1), delay, now=NOW)
+    assert target.exchange == "p.deliver"
+
+
+def test_at(publisher: Publisher) -> None:
+    due = NOW + timedelta(seconds=10, milliseconds=700)
+    envelope, target = publisher.prepare(Expire(order=1), at=due, now=NOW)
+    assert envelope.due_at == due
+    assert target == Route("", "p.delay.3", (ladder.routing_key(10, "orders.expire"),))
+    # an aware datetime given as the delay means the same
+    assert publisher.prepare(Expire(order=1), due, now=NOW)[1] == target
+
+
+def test_at_in_the_past_delivers_at_once(publisher: Publisher) -> None:
+    due = NOW - timedelta(days=1)
+    envelope, target = publisher.prepare(Expire(order=1), at=due, now=NOW)
+    assert target.exchange == "p.deliver"
+    assert envelope.due_at == due
+
+
+def test_no_delay_means_now(publisher: Publisher) -> None:
+    envelope, target = publisher.prepare(Expire(order=1), now=NOW)
+    assert envelope.due_at == NOW
+    assert target.exchange == "p.deliver"
+
+
+def test_ids(publisher: Publisher) -> None:
+    envelope, _ = publisher.prepare(
+        Expire(order=1), 5, message_id="idem-1", correlation_id="c-9", now=NOW
+    )
+    assert envelope.message_id == "idem-1"
+    assert envelope.correlation_id == "c-9"
+
+
+@pytest.mark.parametrize(
+    ("delay", "at", "match"),
+    [
+        (timedelta(seconds=2**28), None, "maximum"),
+        (float(2**28), None, "maximum"),
+        (timedelta(days=365 * 9), None, "maximum"),
+        (None, datetime(2030, 1, 2), "naive"),
+        (datetime(2030, 1, 2), None, "naive"),
+        (-1, None, "negative"),
+        (timedelta(seconds=-0.5), None, "negative"),
+        (5, NOW + timedelta(seconds=5), "not both"),
+    ],
+)
+def test_unschedulable(
+    publisher: Publisher, delay: When | None, at: datetime | None, match: str
+) -> None:
+    with pytest.raises(DelayError, match=match):
+        publisher.prepare(Expire(order=1), delay, at=at, now=NOW)
