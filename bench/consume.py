@@ -19,12 +19,12 @@ from pathlib import Path
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from tests.helpers import Cleanup
 
 from postdate import Command, Consumer, Context, Outcome, Publisher, Settings, Worker
 from postdate.declare import declare_topology
 from postdate.logs import configure_logging
 from postdate.topology import command_queue_topology
-from tests.helpers import Cleanup
 
 RESULTS = Path(__file__).parent / "results" / "consume.json"
 MESSAGES = 10_000

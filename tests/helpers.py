@@ -113,7 +113,7 @@ class Collector:
         if len(self.received) >= self.count:
             self._done.set()
 
-    async def wait(self, timeout: float) -> list[Received]:  # noqa: ASYNC109 (a test deadline)
+    async def wait(self, timeout: float) -> list[Received]:
         """The ``count`` messages, once all arrived; AssertionError naming the shortfall
         if they did not within ``timeout`` s."""
         try:
@@ -142,7 +142,7 @@ async def collect(
     connection: AbstractConnection,
     queue_name: str,
     count: int,
-    timeout: float,  # noqa: ASYNC109 (a test deadline, part of the helper's contract)
+    timeout: float,
     *,
     prefetch: int = 500,
 ) -> list[Received]:

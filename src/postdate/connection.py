@@ -40,7 +40,7 @@ def redacted(url: str) -> str:
 
 
 async def connect(
-    url: str, *, name: str, attempts: int = 8, timeout: float = 10.0
+    url: str, *, name: str, attempts: int = 8, attempt_timeout: float = 10.0
 ) -> AbstractRobustConnection:
     """Open a robust connection (it reconnects by itself once established).
 
@@ -61,7 +61,7 @@ async def connect(
                 if number > 1:
                     log.warning("broker.connect.retry", url=redacted(url), attempt=number)
                 return await aio_pika.connect_robust(
-                    named_url(url, name), timeout=timeout, reconnect_interval=1.0
+                    named_url(url, name), timeout=attempt_timeout, reconnect_interval=1.0
                 )
     except _NOT_RETRYABLE as exc:
         raise BrokerUnavailable(

@@ -7,6 +7,7 @@ is confirmed by the broker before the original delivery is acked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,7 +50,9 @@ class Dispatcher:
             registration = self._registration(envelope)
             command = _decode(registration, envelope)
         except InvalidMessage as invalid:
-            outcome = await self._poison(message, queue, invalid.reason, _attempt_of(message), invalid)
+            outcome = await self._poison(
+                message, queue, invalid.reason, _attempt_of(message), invalid
+            )
             self._record(outcome, message, queue, started, reason=invalid.reason)
             return outcome
         early = (envelope.due_at - datetime.now(UTC)).total_seconds()
@@ -82,7 +85,10 @@ class Dispatcher:
         command: Command,
     ) -> tuple[Outcome, str]:
         bound = log.bind(
-            message_id=envelope.message_id, type=envelope.type, queue=queue, attempt=envelope.attempt
+            message_id=envelope.message_id,
+            type=envelope.type,
+            queue=queue,
+            attempt=envelope.attempt,
         )
         context = Context.for_envelope(envelope, self.publisher, bound)
         try:
@@ -112,7 +118,9 @@ class Dispatcher:
         after = error.after if isinstance(error, Retry) else None
         tier = policy.tier_for(envelope.attempt, after)
         copy = envelope.next_attempt(**{LAST_ERROR: bounded(repr(error), 500)})
-        return await self._settle_with(message, copy.to_message(), retry_queue(queue, tier), Outcome.RETRIED)
+        return await self._settle_with(
+            message, copy.to_message(), retry_queue(queue, tier), Outcome.RETRIED
+        )
 
     async def _poison(
         self,
@@ -122,7 +130,9 @@ class Dispatcher:
         attempts: int,
         error: BaseException,
     ) -> Outcome:
-        copy = poison_message(message, reason=reason, origin_queue=queue, attempts=attempts, error=error)
+        copy = poison_message(
+            message, reason=reason, origin_queue=queue, attempts=attempts, error=error
+        )
         return await self._settle_with(message, copy, poison_queue(queue), Outcome.POISONED)
 
     async def _reschedule(self, message: AbstractIncomingMessage, envelope: Envelope) -> Outcome:
@@ -149,10 +159,9 @@ class Dispatcher:
     async def _requeue(self, message: AbstractIncomingMessage, exc: BaseException) -> Outcome:
         """The successor could not be confirmed: give the delivery back, never drop it."""
         log.error("settle.failed", message_id=message.message_id, error=repr(exc))
-        try:
+        # If the channel is gone, the broker requeues its unacked deliveries by itself.
+        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
             await message.nack(requeue=True)
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-            pass  # channel gone: the broker requeues unacked deliveries by itself
         return Outcome.ABANDONED
 
     async def _ack(self, message: AbstractIncomingMessage, outcome: Outcome) -> Outcome:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, HeadersType
 
 from postdate.command import Command
@@ -20,6 +22,7 @@ SCHEMA = "x-postdate-schema"
 QUEUE = "x-postdate-queue"  # destination command queue
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/json"
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 # Broker-written headers that must not travel with a republished copy (reliability rule 3).
 BROKER_HEADERS = frozenset(
@@ -86,6 +89,21 @@ class Envelope:
             SCHEMA: SCHEMA_VERSION,
             QUEUE: self.queue,
         }
+
+    def properties(self, cc: Sequence[str] = ()) -> aiormq.spec.Basic.Properties:
+        """The AMQP properties of this envelope (``CC`` added when given)."""
+        headers = self.headers()
+        if cc:
+            headers["CC"] = list(cc)
+        return aiormq.spec.Basic.Properties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=PERSISTENT,
+            headers=headers,
+            message_id=self.message_id,
+            correlation_id=self.correlation_id,
+            timestamp=self.timestamp,
+            message_type=self.type,
+        )
 
     def to_message(self, cc: list[str] | None = None) -> aio_pika.Message:
         headers = self.headers()

@@ -50,6 +50,10 @@ class PublishError(PostdateError):
     """A publish was not confirmed by the broker."""
 
 
+class PublisherNotStarted(PostdateError, RuntimeError):
+    """``send`` was called before ``start``/``async with``, or after ``close``."""
+
+
 class PublishNacked(PublishError):
     """The broker answered a publish with basic.nack (e.g. a full queue with reject-publish)."""
 

@@ -15,7 +15,7 @@ class Outcome(StrEnum):
     ABANDONED = "abandoned"  # not acked (shutdown or lost channel): the broker redelivers
 
 
-class Skip(Exception):  # noqa: N818 - control flow, read as `raise Skip("picked up")`
+class Skip(Exception):
     """Raise from a handler to exit early: nothing to do; the message is acked."""
 
     def __init__(self, reason: str = "") -> None:
@@ -23,7 +23,7 @@ class Skip(Exception):  # noqa: N818 - control flow, read as `raise Skip("picked
         super().__init__(reason)
 
 
-class Retry(Exception):  # noqa: N818 - control flow, read as `raise Retry(after=...)`
+class Retry(Exception):
     """Raise from a handler to ask for a later attempt, at least ``after`` from now."""
 
     def __init__(self, reason: str = "", *, after: timedelta | float | None = None) -> None:

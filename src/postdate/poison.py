@@ -124,7 +124,9 @@ class PoisonEntry:
             error_message=str(headers.get(ERROR_MESSAGE, "")),
             attempts=_int_or_none(headers.get(ATTEMPTS, headers.get(ATTEMPT))),
             failed_at=(
-                datetime.fromtimestamp(failed_at / 1000, UTC) if isinstance(failed_at, int) else None
+                datetime.fromtimestamp(failed_at / 1000, UTC)
+                if isinstance(failed_at, int)
+                else None
             ),
             consumer=str(headers.get(CONSUMER, "")),
             origin_queue=str(

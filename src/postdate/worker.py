@@ -77,7 +77,7 @@ class Worker:
             self.settings.url,
             name=self.name,
             attempts=self.settings.connect_attempts,
-            timeout=self.settings.connect_timeout,
+            attempt_timeout=self.settings.connect_timeout,
         )
         topology = self.app.topology(self.settings.prefix, self.settings.delivery_limit)
         await declare_topology(self._connection, topology)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection, HeadersType
 
 from postdate import (
     Consumer,
@@ -140,15 +140,9 @@ async def test_permanent_error_is_poisoned_at_once(
     assert worker.outcomes[Outcome.RETRIED] == 0
 
 
-def _raw(
-    body: bytes, headers: dict[str, object], type_: str | None, message_id: str
-) -> aio_pika.Message:
+def _raw(body: bytes, headers: HeadersType, type_: str | None, message_id: str) -> aio_pika.Message:
     return aio_pika.Message(
-        body,
-        headers=headers,
-        type=type_,
-        message_id=message_id,
-        content_type="application/json",  # type: ignore[arg-type]
+        body, headers=headers, type=type_, message_id=message_id, content_type="application/json"
     )
 
 
@@ -167,7 +161,12 @@ async def test_invalid_input_goes_to_poison_with_reason_and_worker_keeps_consumi
         handled.append(command.n)
 
     worker = await start_worker(app)
-    good = {DUE: to_epoch_ms(datetime.now(UTC)), ATTEMPT: 1, SCHEMA: 1, QUEUE: cmd.queue}
+    good: HeadersType = {
+        DUE: to_epoch_ms(datetime.now(UTC)),
+        ATTEMPT: 1,
+        SCHEMA: 1,
+        QUEUE: cmd.queue,
+    }
     cases = {
         "not-json": (b"{not json", good, "Ping", Reason.INVALID_JSON),
         "unknown": (b'{"n":1}', good, "NoSuchCommand", Reason.UNKNOWN_TYPE),

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -198,9 +197,7 @@ async def test_broker_closing_all_connections_mid_stream_loses_nothing(
     )
 
 
-async def wait_for_consumer(
-    url: str, queue: str, timeout: float = 30, consumers: int = 1
-) -> None:
+async def wait_for_consumer(url: str, queue: str, timeout: float = 30, consumers: int = 1) -> None:
     """Wait until ``queue`` exists and has ``consumers`` consumers (workers are up)."""
     connection = await aio_pika.connect(url)
     try:

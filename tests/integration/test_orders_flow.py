@@ -121,8 +121,9 @@ async def test_pickups_exit_early_and_expired_orders_are_refunded_exactly_once(
         assert refund.idempotency_key == keys[order.id]
         assert refund.amount_cents == order.amount_cents
         outcomes = [entry.outcome for entry in await store.reminder_log(order.id)]
-        if order in flaky:  # retried then refunded
-            assert outcomes[:2] == [ReminderOutcome.FAILED, ReminderOutcome.REFUNDED]
+        if order in flaky:  # retried then refunded; the failed attempt's log entry is
+            # written after its rollback, so a concurrent duplicate's refund may precede it
+            assert outcomes.count(ReminderOutcome.FAILED) == 1
         assert outcomes.count(ReminderOutcome.REFUNDED) == 1
         assert outcomes[-1] is ReminderOutcome.SKIPPED  # the duplicate exited early
     assert worker.outcomes[Outcome.HANDLED] == len(expired)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate import Publisher, Settings
-from postdate.topology import command_queue_topology
 from tests.helpers import Cleanup, collect
 from tests.integration.test_faults import wait_for_consumer
 
@@ -68,7 +66,7 @@ def handled_ids(path: Path, queue: str) -> set[str]:
 
 
 @pytest.fixture
-def supervisor_env(settings: Settings, tmp_path: Path) -> Iterator[dict[str, str]]:
+def supervisor_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -78,7 +76,7 @@ def supervisor_env(settings: Settings, tmp_path: Path) -> Iterator[dict[str, str
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}",
         "PYTHONPATH": str(ROOT),
     }
-    yield env
+    return env
 
 
 async def test_supervisord_runs_the_consumers_and_stops_them_without_loss(
