@@ -46,8 +46,9 @@ ServicesProvider = Callable[[], Awaitable[Services]]
 class LazyServices:
     """Builds the store and gateway from :class:`OrdersSettings` on first use.
 
-    A worker has no start-up hook, so the first message pays for the connection pool and
-    (with ``ORDERS_CREATE_SCHEMA``, the default) for creating missing tables.
+    consumers/expire_reservation.py calls :meth:`get` from the worker's start-up hook, so
+    the pool opens (and, with ``ORDERS_CREATE_SCHEMA``, the default, missing tables are
+    created) before the first message; :meth:`close` runs as its shutdown hook.
     """
 
     def __init__(self, settings: OrdersSettings | None = None) -> None:

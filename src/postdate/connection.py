@@ -72,4 +72,9 @@ async def connect(
         raise BrokerUnavailable(
             f"cannot reach RabbitMQ at {redacted(url)} after {attempts} attempts: {exc}"
         ) from exc
+    except aiormq.exceptions.AMQPError as exc:  # e.g. a vhost that does not exist
+        raise BrokerUnavailable(
+            f"RabbitMQ at {redacted(url)} refused the connection: {exc!r}; "
+            "check the vhost and permissions in RABBITMQ_URL"
+        ) from exc
     raise AssertionError("unreachable")

@@ -15,6 +15,7 @@ from postdate.topology import Topology, command_queue_topology, ladder_topology
 
 C = TypeVar("C", bound=Command)
 Handler = Callable[[C, Context], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,20 @@ class Consumer:
     def __init__(self, *, delivery_limit: int | None = None) -> None:
         self.registrations: dict[str, Registration] = {}
         self.delivery_limit = delivery_limit
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+
+    def on_startup(self, hook: Hook) -> Hook:
+        """Register ``hook`` to run when a worker starts, before it consumes (e.g. open a
+        database pool). An exception stops the worker from starting."""
+        self.startup_hooks.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Hook) -> Hook:
+        """Register ``hook`` to run when a worker stops, after in-flight handlers finished
+        (e.g. close the pool). Hooks run in reverse order of registration."""
+        self.shutdown_hooks.append(hook)
+        return hook
 
     def handler(
         self, command: type[C], *, retries: RetryPolicy | int | None = None

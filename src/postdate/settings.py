@@ -57,5 +57,15 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "settings"
         given = error.get("input")
+        if isinstance(given, str) and "://" in given:
+            given = _without_password(given)
         problems.append(f"{where}={given!r}: {error['msg']}")
     return "invalid postdate settings: " + "; ".join(problems)
+
+
+def _without_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"

@@ -72,6 +72,8 @@ class Worker:
         """
         if not self.app.registrations:
             raise CommandDefinitionError("the consumer app has no handlers: nothing to consume")
+        for hook in self.app.startup_hooks:
+            await hook()
         await self.publisher.start()
         self._connection = await connect(
             self.settings.url,
@@ -128,6 +130,11 @@ class Worker:
         if self._connection is not None:
             await self._connection.close()
         await self.publisher.close()
+        for hook in reversed(self.app.shutdown_hooks):
+            try:
+                await hook()
+            except Exception as exc:
+                log.error("worker.shutdown_hook.failed", hook=repr(hook), error=repr(exc))
         log.info("worker.stopped", worker=self.name, outcomes=dict(self.outcomes))
         self._stopped.set()
 

@@ -325,3 +325,33 @@ async def test_poison_replay_sends_the_message_back_as_attempt_one(
     await wait_for(lambda: worker.outcomes[Outcome.HANDLED] == 1, 10, "handled after replay")
     assert attempts == [1, 1]
     assert await queue_depth(connection, poison_queue(cmd.queue)) == 0
+
+
+async def test_startup_hooks_run_before_consuming_and_shutdown_hooks_after_draining(
+    prefix: str, publisher: Publisher, start_worker: StartWorker
+) -> None:
+    cmd = command_for(f"{prefix}.hooks")
+    app = Consumer()
+    events: list[str] = []
+
+    @app.on_startup
+    async def open_pool() -> None:
+        events.append("startup")
+
+    @app.on_shutdown
+    async def close_pool() -> None:
+        events.append("shutdown")
+
+    running = asyncio.Event()
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        running.set()
+        await asyncio.sleep(0.3)
+        events.append(f"handled {command.n}")
+
+    worker = await start_worker(app)
+    await publisher.send(cmd(n=1))
+    await asyncio.wait_for(running.wait(), 10)
+    await worker.stop(grace_period=5)  # waits for the running handler, then the hooks
+    assert events == ["startup", "handled 1", "shutdown"]

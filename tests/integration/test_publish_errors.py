@@ -11,7 +11,7 @@ import pytest
 import yarl
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate.errors import BrokerUnavailable, DelayError, PublishReturned
+from postdate.errors import BrokerUnavailable, DelayError, PublisherNotStarted, PublishReturned
 from postdate.publisher import Publisher, When
 from postdate.settings import Settings
 from postdate.topology import command_queue_topology
@@ -82,3 +82,16 @@ async def test_refused_login_is_not_retried(rabbitmq: str) -> None:
         await asyncio.wait_for(Publisher(settings=settings).start(), timeout=10)
     assert time.monotonic() - started < 1.5  # 5 attempts would back off for 3 s
     assert "wrong" not in str(caught.value)
+
+
+async def test_missing_vhost_raises_broker_unavailable_naming_it(rabbitmq: str) -> None:
+    url = str(yarl.URL(rabbitmq).with_path("/postdate-no-such-vhost"))
+    settings = Settings.load(rabbitmq_url=url, connect_attempts=2)
+    with pytest.raises(BrokerUnavailable, match="vhost"):
+        await asyncio.wait_for(Publisher(settings=settings).start(), timeout=10)
+
+
+async def test_send_after_close_says_the_publisher_is_not_started(publisher: Publisher) -> None:
+    await publisher.close()
+    with pytest.raises(PublisherNotStarted):
+        await publisher.send(Ping(n=1))

@@ -82,3 +82,9 @@ def test_every_problem_is_listed() -> None:
         Settings.load(prefix="9", publish_timeout=-1)
     assert "prefix" in str(caught.value)
     assert "publish_timeout" in str(caught.value)
+
+
+def test_config_error_hides_the_password_of_a_bad_url() -> None:
+    with pytest.raises(ConfigError, match="rabbitmq_url") as caught:
+        Settings.load(rabbitmq_url="http://app:s3cret@broker:5672/")
+    assert "s3cret" not in str(caught.value)
