@@ -63,7 +63,8 @@ class Context:
         Raises:
             DelayError: the delay cannot be scheduled (raised here, in the handler).
         """
-        derived = uuid.uuid5(_FOLLOW_UP_NAMESPACE, f"{self.message_id}:{len(self._pending)}")
+        name = f"{self.message_id}:{len(self._pending)}:{command.queue}:{command.command_type}"
+        derived = uuid.uuid5(_FOLLOW_UP_NAMESPACE, name)
         envelope, target = self._publisher.prepare(
             command,
             delay,

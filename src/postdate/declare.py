@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -49,8 +50,14 @@ async def declare_topology(connection: AbstractConnection, topology: Topology) -
                     binding.destination, binding.source, routing_key=binding.routing_key
                 )
     finally:
-        if not channel.is_closed:
-            await channel.close()
+        await _close_quietly(channel)
+
+
+async def _close_quietly(channel: AbstractChannel) -> None:
+    # A refusal closes the channel on the broker while a robust channel may be reopening
+    # it: close either way, so no reopened channel is left behind.
+    with contextlib.suppress(Exception):
+        await channel.close()
 
 
 def wanted_arguments(spec: Spec) -> dict[str, Any]:
@@ -111,8 +118,7 @@ async def _probe_differences(
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             error = str(exc)
         finally:
-            if not channel.is_closed:
-                await channel.close()
+            await _close_quietly(channel)
     return differences
 
 

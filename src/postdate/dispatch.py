@@ -22,10 +22,10 @@ from postdate.command import Command
 from postdate.consumer import Consumer, Registration
 from postdate.context import Context
 from postdate.envelope import ATTEMPT, Envelope
-from postdate.errors import InvalidMessage, PostdateError
+from postdate.errors import DelayError, InvalidMessage, PublishReturned
 from postdate.metrics import HANDLE_SECONDS, LATENESS_SECONDS, MESSAGES
 from postdate.outcomes import Outcome, Retry, Skip
-from postdate.poison import Reason, bounded, poison_message
+from postdate.poison import Reason, bounded, poison_message, safe_repr
 from postdate.publisher import Publisher
 from postdate.topology import poison_queue, retry_queue
 
@@ -49,7 +49,12 @@ class Dispatcher:
             envelope = Envelope.from_incoming(message)
             registration = self._registration(envelope)
             command = _decode(registration, envelope)
-        except InvalidMessage as invalid:
+        except Exception as error:  # a validator may raise anything: still invalid input
+            invalid = (
+                error
+                if isinstance(error, InvalidMessage)
+                else InvalidMessage(Reason.SCHEMA, safe_repr(error))
+            )
             outcome = await self._poison(
                 message, queue, invalid.reason, _attempt_of(message), invalid
             )
@@ -57,7 +62,7 @@ class Dispatcher:
             return outcome
         early = (envelope.due_at - datetime.now(UTC)).total_seconds()
         if early > HOLD_LIMIT_SECONDS:
-            outcome = await self._reschedule(message, envelope)
+            outcome = await self._reschedule(message, queue, envelope)
             self._record(outcome, message, queue, started, early_seconds=round(early, 3))
             return outcome
         if early > 0:
@@ -99,7 +104,7 @@ class Dispatcher:
                 return await self._ack(message, Outcome.SKIPPED), skip.reason
             await context.flush()
         except Exception as error:  # the handler's failure, or its follow-ups' publish
-            return await self._fail(message, queue, envelope, registration, error), repr(error)
+            return await self._fail(message, queue, envelope, registration, error), safe_repr(error)
         return await self._ack(message, Outcome.HANDLED), ""
 
     async def _fail(
@@ -117,10 +122,16 @@ class Dispatcher:
             return await self._poison(message, queue, Reason.EXHAUSTED, envelope.attempt, error)
         after = error.after if isinstance(error, Retry) else None
         tier = policy.tier_for(envelope.attempt, after)
-        copy = envelope.next_attempt(**{LAST_ERROR: bounded(repr(error), 500)})
-        return await self._settle_with(
-            message, copy.to_message(), retry_queue(queue, tier), Outcome.RETRIED
-        )
+        copy = envelope.next_attempt(**{LAST_ERROR: bounded(safe_repr(error), 500)})
+        try:
+            await self.publisher.publish_to_queue(copy.to_message(), retry_queue(queue, tier))
+        except PublishReturned as missing:  # the tier is gone: park it rather than loop
+            return await self._poison(
+                message, queue, Reason.RETRY_UNAVAILABLE, envelope.attempt, missing
+            )
+        except Exception as exc:
+            return await self._requeue(message, exc)
+        return await self._ack(message, Outcome.RETRIED)
 
     async def _poison(
         self,
@@ -135,11 +146,15 @@ class Dispatcher:
         )
         return await self._settle_with(message, copy, poison_queue(queue), Outcome.POISONED)
 
-    async def _reschedule(self, message: AbstractIncomingMessage, envelope: Envelope) -> Outcome:
+    async def _reschedule(
+        self, message: AbstractIncomingMessage, queue: str, envelope: Envelope
+    ) -> Outcome:
         """Over a second early (e.g. a replayed or hand-published message): back to the ladder."""
         try:
             await self.publisher.publish_envelope(envelope)
-        except (PostdateError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        except DelayError as beyond:  # due further out than the ladder reaches
+            return await self._poison(message, queue, "invalid-header", envelope.attempt, beyond)
+        except Exception as exc:
             return await self._requeue(message, exc)
         return await self._ack(message, Outcome.RESCHEDULED)
 
@@ -152,7 +167,7 @@ class Dispatcher:
     ) -> Outcome:
         try:
             await self.publisher.publish_to_queue(copy, target_queue)
-        except (PostdateError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        except Exception as exc:
             return await self._requeue(message, exc)
         return await self._ack(message, outcome)
 

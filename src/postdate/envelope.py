@@ -21,6 +21,8 @@ ATTEMPT = "x-postdate-attempt"  # 1 for the first delivery, +1 per retry
 SCHEMA = "x-postdate-schema"
 QUEUE = "x-postdate-queue"  # destination command queue
 SCHEMA_VERSION = 1
+MIN_DUE_MS = 0
+MAX_DUE_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last datetime Python has
 CONTENT_TYPE = "application/json"
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
@@ -146,7 +148,7 @@ class Envelope:
             raise InvalidMessage("invalid-header", f"{ATTEMPT}={attempt} is below 1")
         queue = headers.get(QUEUE)
         if isinstance(queue, bytes):
-            queue = queue.decode()
+            queue = queue.decode(errors="replace")
         if not isinstance(queue, str) or not queue:
             raise InvalidMessage("missing-header", f"{QUEUE} header is missing")
         timestamp = message.timestamp or datetime.now(UTC)
@@ -154,6 +156,8 @@ class Envelope:
             timestamp = timestamp.replace(tzinfo=UTC)
         own = {DUE, ATTEMPT, SCHEMA, QUEUE}
         extra = {k: v for k, v in headers.items() if k not in BROKER_HEADERS and k not in own}
+        if not MIN_DUE_MS <= due_ms <= MAX_DUE_MS:
+            raise InvalidMessage("invalid-header", f"{DUE}={due_ms} is not a plausible time")
         return cls(
             message_id=message.message_id,
             type=message.type,

@@ -71,6 +71,10 @@ class PublishReturned(PublishError):
         )
 
 
+class PublishInterrupted(PublishError):
+    """The connection or channel was lost before the broker confirmed the publish."""
+
+
 class PublishTimeout(PublishError):
     """The broker did not confirm a publish within the publish timeout."""
 

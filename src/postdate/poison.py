@@ -38,7 +38,23 @@ class Reason:
     INVALID_JSON = "invalid-json"
     SCHEMA = "schema-violation"
     UNKNOWN_TYPE = "unknown-type"
+    RETRY_UNAVAILABLE = "retry-unavailable"  # the retry tier queue does not exist
     DELIVERY_LIMIT = "delivery-limit"  # written by the broker: see x-death
+
+
+def safe_repr(error: BaseException) -> str:
+    """``repr(error)``, or a stand-in when the error's own ``__repr__`` fails."""
+    try:
+        return repr(error)
+    except Exception:
+        return f"<{type(error).__qualname__} with a failing __repr__>"
+
+
+def safe_str(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return safe_repr(error)
 
 
 def consumer_id() -> str:
@@ -63,7 +79,7 @@ def poison_message(
     headers: HeadersType = {
         key: value for key, value in (original.headers or {}).items() if key not in BROKER_HEADERS
     }
-    message_text = detail or (str(error) if error is not None else "")
+    message_text = detail or (safe_str(error) if error is not None else "")
     headers.update(
         {
             REASON: reason,
@@ -92,7 +108,10 @@ def poison_message(
 def _traceback_of(error: BaseException | None) -> str:
     if error is None or error.__traceback__ is None:
         return ""
-    return "".join(traceback.format_exception(error))
+    try:
+        return "".join(traceback.format_exception(error))
+    except Exception:
+        return safe_repr(error)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from postdate.envelope import Envelope
 from postdate.errors import (
     DelayError,
     PublisherNotStarted,
+    PublishInterrupted,
     PublishNacked,
     PublishReturned,
     PublishTimeout,
@@ -108,6 +109,7 @@ class Publisher:
         self._connection_name = connection_name or f"postdate-publisher-{os.getpid()}"
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
+        self._busy_ids: dict[str, asyncio.Event] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: object) -> Publisher:
@@ -143,11 +145,15 @@ class Publisher:
             attempts=self.settings.connect_attempts,
             attempt_timeout=self.settings.connect_timeout,
         )
-        if self._declare:
-            await declare_topology(self._connection, ladder_topology(self.settings.prefix))
-        self._channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
+        try:
+            if self._declare:
+                await declare_topology(self._connection, ladder_topology(self.settings.prefix))
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Close the connection; later sends raise :class:`PublisherNotStarted`."""
@@ -207,9 +213,17 @@ class Publisher:
             window = prepared[start : start + PIPELINE_WINDOW]
             for _, target in window:
                 self._check_route(target)
-            channel = await self._underlay()
+            ids = {envelope.message_id for envelope, _ in window}
+            if len(ids) < len(window) or not ids.isdisjoint(self._busy_ids):
+                # aiormq matches a returned message to its publish by message_id: two
+                # in flight with one id could swap a return for a confirm.
+                for envelope, target in window:
+                    await self._publish(envelope, target)
+                continue
             try:
+                self._busy_ids.update(dict.fromkeys(ids, asyncio.Event()))
                 async with asyncio.timeout(self.settings.publish_timeout):
+                    channel = await self._underlay()
                     results = await asyncio.gather(
                         *(
                             channel.basic_publish(
@@ -228,6 +242,8 @@ class Publisher:
                     f"{len(window)} publishes not all confirmed "
                     f"within {self.settings.publish_timeout} s"
                 ) from exc
+            finally:
+                self._release(ids)
             for (envelope, target), result in zip(window, results, strict=True):
                 if isinstance(result, BaseException):
                     raise _translate(result, envelope.message_id, target) from None
@@ -277,9 +293,13 @@ class Publisher:
         self, body: bytes, properties: aiormq.spec.Basic.Properties, target: Route
     ) -> None:
         self._check_route(target)
-        channel = await self._underlay()
+        message_id = properties.message_id or ""
+        while message_id in self._busy_ids:  # one publish per message id in flight
+            await self._busy_ids[message_id].wait()
+        self._busy_ids[message_id] = asyncio.Event()
         try:
             async with asyncio.timeout(self.settings.publish_timeout):
+                channel = await self._underlay()
                 await channel.basic_publish(
                     body,
                     exchange=target.exchange,
@@ -294,6 +314,14 @@ class Publisher:
             ) from exc
         except Exception as exc:
             raise _translate(exc, properties.message_id, target) from None
+        finally:
+            self._release((message_id,))
+
+    def _release(self, message_ids: Iterable[str]) -> None:
+        for message_id in message_ids:
+            released = self._busy_ids.pop(message_id, None)
+            if released is not None:
+                released.set()
 
     async def _underlay(self) -> aiormq.abc.AbstractChannel:
         if self._channel is None:
@@ -320,6 +348,16 @@ def _translate(error: BaseException, message_id: str | None, target: Route) -> B
         )
     if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
         return PublishReturned(target.exchange, target.routing_key, str(error))
+    lost = (
+        aiormq.exceptions.AMQPError,
+        aiormq.exceptions.ChannelInvalidStateError,
+        ConnectionError,
+    )
+    if isinstance(error, lost):
+        return PublishInterrupted(
+            f"publish of message {message_id} to {target.routing_key!r} was interrupted "
+            f"(connection or channel lost; it may or may not have arrived): {error!r}"
+        )
     return error
 
 

@@ -15,7 +15,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from postdate.connection import connect
 from postdate.consumer import Consumer
@@ -52,7 +57,7 @@ class Worker:
         self.dispatcher = Dispatcher(app, self.publisher)
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._consumers: list[tuple[str, str]] = []
+        self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[object]] = set()
         self._handlers = asyncio.Semaphore(self.settings.concurrency)
         self._stopping = False
@@ -93,7 +98,7 @@ class Worker:
                 name, durable=True, arguments=dict(specs[name].arguments)
             )
             tag = await queue.consume(self._on_message(name))
-            self._consumers.append((name, tag))
+            self._consumers.append((queue, tag))
         log.info("worker.started", worker=self.name, queues=sorted(self.app.queues()))
 
     def _on_message(self, queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
@@ -106,6 +111,10 @@ class Worker:
                     if self._stopping:
                         return  # left unacked: redelivered after we close
                     await self.dispatcher.process(message, queue)
+            except Exception:  # a bug of ours: give the delivery back, keep running
+                log.exception("worker.dispatch_failed", message_id=message.message_id)
+                with suppress(Exception):
+                    await message.nack(requeue=True)
             finally:
                 self._in_flight.discard(task)
 
@@ -141,10 +150,9 @@ class Worker:
     async def _cancel_consumers(self) -> None:
         if self._channel is None or self._channel.is_closed:
             return
-        for name, tag in self._consumers:
+        for queue, tag in self._consumers:
             with suppress(Exception):
-                queue = await self._channel.get_queue(name, ensure=False)
-                await queue.cancel(tag)
+                await asyncio.wait_for(queue.cancel(tag), 5)
 
     async def run_until_signalled(self) -> None:
         """Start, run until SIGTERM or SIGINT, then stop gracefully."""

@@ -180,6 +180,7 @@ async def test_invalid_input_goes_to_poison_with_reason_and_worker_keeps_consumi
         ),
         "no-type": (b'{"n":1}', good, None, "missing-header"),
         "bad-attempt": (b'{"n":1}', {**good, ATTEMPT: "x"}, "Ping", "invalid-header"),
+        "absurd-due": (b'{"n":1}', {**good, DUE: 10**18}, "Ping", "invalid-header"),
     }
     channel = await connection.channel()
     for message_id, (body, headers, kind, _) in cases.items():
@@ -355,3 +356,26 @@ async def test_startup_hooks_run_before_consuming_and_shutdown_hooks_after_drain
     await asyncio.wait_for(running.wait(), 10)
     await worker.stop(grace_period=5)  # waits for the running handler, then the hooks
     assert events == ["startup", "handled 1", "shutdown"]
+
+
+async def test_message_far_ahead_of_its_due_time_goes_back_through_the_ladder(
+    prefix: str,
+    publisher: Publisher,
+    start_worker: StartWorker,
+    connection: AbstractRobustConnection,
+) -> None:
+    cmd = command_for(f"{prefix}.early")
+    app = Consumer()
+    lateness: list[float] = []
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        lateness.append((datetime.now(UTC) - context.due_at).total_seconds())
+
+    worker = await start_worker(app)
+    envelope, _ = publisher.prepare(cmd(n=1), 3)  # due in 3 s, but hand-published now
+    channel = await connection.channel()
+    await channel.default_exchange.publish(envelope.to_message(), cmd.queue)
+    await wait_for(lambda: worker.outcomes[Outcome.RESCHEDULED] == 1, 5, "rescheduled")
+    await wait_for(lambda: len(lateness) == 1, 10, "handled at its due time")
+    assert 0 <= lateness[0] < 1.0
