@@ -23,6 +23,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.publish
 	$(PY) -m bench.consume
+	$(PY) -m bench.outbox
 
 demo: $(STAMP)
 	$(PY) -m orders.demo

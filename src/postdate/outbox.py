@@ -385,19 +385,25 @@ class OutboxRelay:
     async def _publish(self, rows: Sequence[OutboxRow]) -> tuple[list[int], dict[int, str]]:
         if self.hooks.before_publish is not None:
             await self.hooks.before_publish(rows)
-        results = await asyncio.gather(
-            *(self.publisher.publish_envelope(envelope_for_row(row)) for row in rows),
-            return_exceptions=True,
-        )
+        now = datetime.now(UTC)
         sent: list[int] = []
         errors: dict[int, str] = {}
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                errors[row.id] = repr(result)[:MAX_ERROR_CHARS]
-            else:
+        prepared: list[tuple[Envelope, Route]] = []
+        publishable: list[OutboxRow] = []
+        for row in rows:
+            try:
+                prepared.append(
+                    (envelope_for_row(row), route_for_row(self.publisher.names, row, now))
+                )
+                publishable.append(row)
+            except DelayError as exc:
+                errors[row.id] = repr(exc)[:MAX_ERROR_CHARS]
+        results = await self.publisher.publish_each(prepared)
+        for row, result in zip(publishable, results, strict=True):
+            if result is None:
                 sent.append(row.id)
+            else:
+                errors[row.id] = repr(result)[:MAX_ERROR_CHARS]
         if self.hooks.after_publish is not None:
             await self.hooks.after_publish(rows)
         return sent, errors

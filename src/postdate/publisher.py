@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -24,6 +24,7 @@ from postdate.declare import declare_topology
 from postdate.envelope import Envelope
 from postdate.errors import (
     DelayError,
+    PostdateError,
     PublisherNotStarted,
     PublishInterrupted,
     PublishNacked,
@@ -207,8 +208,23 @@ class Publisher:
         return [envelope.message_id for envelope, _ in prepared]
 
     async def publish_prepared(self, prepared: Sequence[tuple[Envelope, Route]]) -> None:
-        """Publish prepared envelopes with pipelined confirms, a window at a time, each
-        window within the publish timeout; wait for all, then raise the first failure."""
+        """Publish prepared envelopes with pipelined confirms; wait for all, then raise
+        the first failure (see :meth:`publish_each` for every item's result)."""
+        for failure in await self.publish_each(prepared):
+            if failure is not None:
+                raise failure
+
+    async def publish_each(
+        self, prepared: Sequence[tuple[Envelope, Route]]
+    ) -> list[PostdateError | None]:
+        """Publish prepared envelopes with pipelined confirms, a window of
+        ``PIPELINE_WINDOW`` at a time (each within the publish timeout); returns, per item
+        and in order, None when the broker confirmed it or the typed error otherwise.
+
+        Raises:
+            PublisherNotStarted: not started, or closed.
+        """
+        outcomes: list[PostdateError | None] = []
         for start in range(0, len(prepared), PIPELINE_WINDOW):
             window = prepared[start : start + PIPELINE_WINDOW]
             for _, target in window:
@@ -217,36 +233,53 @@ class Publisher:
             if len(ids) < len(window) or not ids.isdisjoint(self._busy_ids):
                 # aiormq matches a returned message to its publish by message_id: two
                 # in flight with one id could swap a return for a confirm.
-                for envelope, target in window:
-                    await self._publish(envelope, target)
+                outcomes.extend([await self._settled(self._publish(e, t)) for e, t in window])
                 continue
-            try:
-                self._busy_ids.update(dict.fromkeys(ids, asyncio.Event()))
-                async with asyncio.timeout(self.settings.publish_timeout):
-                    channel = await self._underlay()
-                    results = await asyncio.gather(
-                        *(
-                            channel.basic_publish(
-                                envelope.body,
-                                exchange=target.exchange,
-                                routing_key=target.routing_key,
-                                properties=envelope.properties(target.cc),
-                                mandatory=True,
-                            )
-                            for envelope, target in window
-                        ),
-                        return_exceptions=True,
-                    )
-            except TimeoutError as exc:
-                raise PublishTimeout(
-                    f"{len(window)} publishes not all confirmed "
-                    f"within {self.settings.publish_timeout} s"
-                ) from exc
-            finally:
-                self._release(ids)
-            for (envelope, target), result in zip(window, results, strict=True):
-                if isinstance(result, BaseException):
-                    raise _translate(result, envelope.message_id, target) from None
+            outcomes.extend(await self._publish_window(window, ids))
+        return outcomes
+
+    async def _publish_window(
+        self, window: Sequence[tuple[Envelope, Route]], ids: set[str]
+    ) -> list[PostdateError | None]:
+        self._busy_ids.update(dict.fromkeys(ids, asyncio.Event()))
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout):
+                channel = await self._underlay()
+                results = await asyncio.gather(
+                    *(
+                        channel.basic_publish(
+                            envelope.body,
+                            exchange=target.exchange,
+                            routing_key=target.routing_key,
+                            properties=envelope.properties(target.cc),
+                            mandatory=True,
+                        )
+                        for envelope, target in window
+                    ),
+                    return_exceptions=True,
+                )
+        except TimeoutError:
+            timeout = PublishTimeout(
+                f"{len(window)} publishes not all confirmed "
+                f"within {self.settings.publish_timeout} s"
+            )
+            return [timeout] * len(window)
+        finally:
+            self._release(ids)
+        return [
+            None
+            if not isinstance(result, BaseException)
+            else _typed(_translate(result, envelope.message_id, target))
+            for (envelope, target), result in zip(window, results, strict=True)
+        ]
+
+    @staticmethod
+    async def _settled(publish: Awaitable[None]) -> PostdateError | None:
+        try:
+            await publish
+        except PostdateError as error:
+            return error
+        return None
 
     def prepare(
         self,
@@ -335,6 +368,15 @@ class Publisher:
     async def publish_to_queue(self, message: AbstractMessage, queue: str) -> None:
         """Publish ``message`` straight into ``queue`` by the default exchange, confirmed."""
         await self.publish_message(message, Route("", queue))
+
+
+def _typed(error: BaseException) -> PostdateError:
+    """Errors of a pipelined publish as PostdateErrors, so callers get one kind per item."""
+    if isinstance(error, PostdateError):
+        return error
+    if not isinstance(error, Exception):
+        raise error  # CancelledError and friends are not a publish result
+    return PublishInterrupted(f"publish failed: {error!r}")
 
 
 def _translate(error: BaseException, message_id: str | None, target: Route) -> BaseException:
