@@ -19,7 +19,7 @@ import yarl
 
 from postdate import Publisher, Settings
 from postdate.topology import Names, command_queue_topology, poison_queue
-from tests.helpers import Cleanup, command_for, queue_depth
+from tests.helpers import Cleanup, collect, command_for, queue_depth
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTDATE = str(Path(sys.executable).parent / "postdate")
@@ -217,3 +217,40 @@ async def wait_for_consumer(url: str, queue: str, timeout: float = 30, consumers
         raise AssertionError(f"no consumer on {queue} within {timeout} s")
     finally:
         await connection.close()
+
+
+async def test_message_that_kills_its_worker_again_and_again_is_parked_by_the_delivery_limit(
+    prefix: str,
+    settings: Settings,
+    publisher: Publisher,
+    cleanup: Cleanup,
+    journal: Journal,
+    processes: list[subprocess.Popen[bytes]],
+    connection: aio_pika.abc.AbstractRobustConnection,
+) -> None:
+    job = command_for(f"{prefix}.jobs", name="Job")
+    cleanup.track(command_queue_topology(prefix, job.queue, delivery_limit=2))
+    env = {
+        "POSTDATE_DELIVERY_LIMIT": "2",
+        "POSTDATE_PREFETCH": "1",  # only the pill is in flight when the process dies
+        "TEST_KILL_ON": "13",
+        "TEST_SLEEP": "0.001",
+    }
+    processes.append(spawn_worker(settings, job.queue, journal, **env))
+    await wait_for_consumer(settings.url, job.queue)
+    await publisher.send_many((job(n=n), 0) for n in range(30))
+    deaths = 0
+    deadline = time.monotonic() + 90
+    while set(journal.ended()) != set(range(30)) - {13}:  # a supervisor's restart loop
+        assert time.monotonic() < deadline, f"still waiting after {deaths} deaths"
+        if processes[-1].poll() is not None:
+            deaths += 1
+            processes.append(spawn_worker(settings, job.queue, journal, **env))
+        await asyncio.sleep(0.1)
+    assert journal.started()[13] == 3  # first delivery + 2 redeliveries, then parked
+    parked = await collect(connection, poison_queue(job.queue), 1, timeout=10)
+    death = parked[0].message.headers["x-death"][0]  # type: ignore[index]
+    assert death["reason"] == "delivery_limit"  # type: ignore[index]
+    assert death["queue"] == job.queue  # type: ignore[index]
+    assert parked[0].message.body == b'{"n":13}'
+    assert deaths == 3
