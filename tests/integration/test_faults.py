@@ -249,8 +249,11 @@ async def test_message_that_kills_its_worker_again_and_again_is_parked_by_the_de
         await asyncio.sleep(0.1)
     assert journal.started()[13] == 3  # first delivery + 2 redeliveries, then parked
     parked = await collect(connection, poison_queue(job.queue), 1, timeout=10)
-    death = parked[0].message.headers["x-death"][0]  # type: ignore[index]
-    assert death["reason"] == "delivery_limit"  # type: ignore[index]
-    assert death["queue"] == job.queue  # type: ignore[index]
+    deaths_header = parked[0].message.headers["x-death"]
+    assert isinstance(deaths_header, list)
+    death = deaths_header[0]
+    assert isinstance(death, dict)
+    assert death["reason"] == "delivery_limit"
+    assert death["queue"] == job.queue
     assert parked[0].message.body == b'{"n":13}'
     assert deaths == 3
