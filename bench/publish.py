@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -42,7 +41,7 @@ from aio_pika.abc import (
 from postdate import ladder
 from postdate.command import Command
 from postdate.connection import named_url
-from postdate.declare import declare_topology
+from postdate.declare import declare_topology, delete_topology
 from postdate.envelope import DUE
 from postdate.publisher import PIPELINE_WINDOW, Publisher, When
 from postdate.settings import Settings
@@ -247,26 +246,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 3)}
 
 
-async def delete(connection: AbstractConnection, topology: Topology) -> None:
-    """Delete a topology's queues and exchanges, one at a time, ignoring missing ones."""
-    channel = await connection.channel(publisher_confirms=False)
-    for name, is_queue in [(q.name, True) for q in topology.queues] + [
-        (e.name, False) for e in topology.exchanges
-    ]:
-        if channel.is_closed:
-            channel = await connection.channel(publisher_confirms=False)
-        underlay = await channel.get_underlay_channel()
-        try:
-            if is_queue:
-                await underlay.queue_delete(name, if_unused=False, if_empty=False)
-            else:
-                await underlay.exchange_delete(name)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            pass
-    if not channel.is_closed:
-        await channel.close()
-
-
 async def purge(connection: AbstractConnection, *queues: str) -> None:
     channel = await connection.channel(publisher_confirms=False)
     underlay = await channel.get_underlay_channel()
@@ -327,7 +306,7 @@ async def main() -> dict[str, Any]:
             build_cost = client_build_cost(publisher, kind, body)
         version = server_version(connection)
     finally:
-        await delete(connection, topology)
+        await delete_topology(connection, topology)
         await connection.close()
 
     return {

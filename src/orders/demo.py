@@ -33,7 +33,7 @@ from orders.domain import InvalidTransition, Order, OrderStatus
 from orders.payments import RecordingGateway, Refund
 from orders.reminders import Services, build_app
 from orders.store import OrderStore, ReminderEntry, ReminderOutcome
-from postdate import Outcome, Publisher, RetryPolicy, Settings, Worker, outbox
+from postdate import Outcome, Publisher, RetryPolicy, Settings, Worker, declare, outbox
 from postdate.connection import redacted
 from postdate.errors import PostdateError
 from postdate.logs import configure_logging
@@ -125,26 +125,10 @@ def print_table(rows: Sequence[Row]) -> None:
 
 
 async def delete_topology(url: str, topology: Topology) -> None:
-    """Delete the demo's queues and exchanges (quorum queues need ``if_unused=False``)."""
+    """Delete the demo's queues and exchanges on a connection of its own."""
     connection = await aio_pika.connect(url)
     try:
-        channel = await connection.channel(publisher_confirms=False)
-        for queue in topology.queues:
-            if channel.is_closed:
-                channel = await connection.channel(publisher_confirms=False)
-            try:
-                underlay = await channel.get_underlay_channel()
-                await underlay.queue_delete(queue.name, if_unused=False, if_empty=False)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                pass
-        for exchange in topology.exchanges:
-            if channel.is_closed:
-                channel = await connection.channel(publisher_confirms=False)
-            try:
-                underlay = await channel.get_underlay_channel()
-                await underlay.exchange_delete(exchange.name, if_unused=False)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                pass
+        await declare.delete_topology(connection, topology)
     finally:
         await connection.close()
 

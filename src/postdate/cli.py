@@ -15,7 +15,7 @@ import typer
 
 from postdate.connection import connect
 from postdate.consumer import Consumer
-from postdate.declare import declare_topology
+from postdate.declare import declare_topology, delete_topology
 from postdate.errors import PostdateError
 from postdate.logs import configure_logging
 from postdate.poison import list_poison, purge_poison, replay_poison
@@ -115,6 +115,26 @@ def topology_declare(spec: AppSpec = None) -> None:
         f"declared {len(topology.exchanges)} exchanges, {len(topology.queues)} queues, "
         f"{len(topology.bindings)} bindings under prefix {settings.prefix!r}"
     )
+
+
+@topology_app.command("delete")
+def topology_delete(
+    spec: AppSpec = None,
+    yes: Annotated[bool, typer.Option("--yes", help="confirm: messages are deleted too")] = False,
+) -> None:
+    """Delete the ladder (and the app's queues), messages included: for migrations."""
+    if not yes:
+        raise typer.BadParameter("deleting drops every scheduled message in it: add --yes")
+    settings = Settings.load()
+    topology = _topology(settings, spec)
+
+    async def delete() -> None:
+        connection = await connect(settings.url, name="postdate-cli-topology")
+        async with connection:
+            await delete_topology(connection, topology)
+
+    _run(delete)
+    typer.echo(f"deleted {len(topology.queues)} queues, {len(topology.exchanges)} exchanges")
 
 
 @topology_app.command("show")
@@ -257,4 +277,10 @@ def status(spec: AppSpec = None) -> None:
 
 
 def main() -> None:
-    app()
+    """The ``postdate`` command; a postdate error (bad settings, unreachable broker) is
+    one line on stderr and exit code 2, not a traceback."""
+    try:
+        app()
+    except PostdateError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)

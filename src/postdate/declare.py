@@ -136,3 +136,29 @@ def parse_inequivalent(message: str) -> tuple[str, Any] | None:
             return match["arg"], int(quoted)
         return match["arg"], {"true": True, "false": False}.get(quoted, quoted)
     return match["arg"], _ABSENT
+
+
+async def delete_topology(connection: AbstractConnection, topology: Topology) -> None:
+    """Delete every queue (with its messages) and exchange of ``topology``; missing ones
+    are skipped.
+
+    Queues go with ``if_unused=False, if_empty=False`` (quorum queues refuse
+    ``if_unused=True`` with a connection-level error). Exchanges go one at a time:
+    RabbitMQ 3.10 fails the connection when exchanges bound to each other are deleted
+    concurrently.
+    """
+    objects = [(queue.name, True) for queue in topology.queues]
+    objects += [(exchange.name, False) for exchange in topology.exchanges]
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        for name, is_queue in objects:
+            if channel.is_closed:
+                channel = await connection.channel(publisher_confirms=False)
+            underlay = await channel.get_underlay_channel()
+            with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
+                if is_queue:
+                    await underlay.queue_delete(name, if_unused=False, if_empty=False)
+                else:
+                    await underlay.exchange_delete(name, if_unused=False)
+    finally:
+        await _close_quietly(channel)

@@ -92,16 +92,21 @@ def poison_message(
             ORIGIN_QUEUE: origin_queue,
         }
     )
+    return copy_with_headers(original, headers)
+
+
+def copy_with_headers(message: AbstractIncomingMessage, headers: HeadersType) -> aio_pika.Message:
+    """A persistent copy of ``message``: same body and properties, these headers."""
     return aio_pika.Message(
-        original.body,
+        message.body,
         headers=headers,
-        content_type=original.content_type,
-        content_encoding=original.content_encoding,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=original.message_id,
-        correlation_id=original.correlation_id,
-        timestamp=original.timestamp,
-        type=original.type,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        type=message.type,
     )
 
 
@@ -180,17 +185,7 @@ def replay_message(message: AbstractIncomingMessage, entry: PoisonEntry) -> aio_
     }
     if any(key.startswith(HEADER_PREFIX) for key in headers):
         headers[ATTEMPT] = 1
-    return aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-        type=message.type,
-    )
+    return copy_with_headers(message, headers)
 
 
 async def list_poison(
