@@ -55,15 +55,21 @@ class Dispatcher:
                 if isinstance(error, InvalidMessage)
                 else InvalidMessage(Reason.SCHEMA, safe_repr(error))
             )
-            outcome = await self._poison(
-                message, queue, invalid.reason, _attempt_of(message), invalid
-            )
-            self._record(outcome, message, queue, started, reason=invalid.reason)
+            attempt = _attempt_of(message)
+            outcome = await self._poison(message, queue, invalid.reason, attempt, error)
+            self._record(outcome, message, queue, started, attempt=attempt, reason=invalid.reason)
             return outcome
         early = (envelope.due_at - datetime.now(UTC)).total_seconds()
         if early > HOLD_LIMIT_SECONDS:
             outcome = await self._reschedule(message, queue, envelope)
-            self._record(outcome, message, queue, started, early_seconds=round(early, 3))
+            self._record(
+                outcome,
+                message,
+                queue,
+                started,
+                attempt=envelope.attempt,
+                early_seconds=round(early, 3),
+            )
             return outcome
         if early > 0:
             await asyncio.sleep(early)
