@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import json
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -29,6 +30,7 @@ from postdate.topology import (
     retry_queue,
     to_definitions,
 )
+from postdate.unroutable import count_unroutable, redeliver_unroutable
 from postdate.worker import Worker
 
 T = TypeVar("T")
@@ -37,7 +39,9 @@ app = typer.Typer(help="Send commands into the future on RabbitMQ.", no_args_is_
 topology_app = typer.Typer(help="Declare, show or export the broker topology.")
 poison_app = typer.Typer(help="Inspect, replay or purge parked messages.")
 app.add_typer(topology_app, name="topology")
+unroutable_app = typer.Typer(help="Commands whose queue did not exist at delivery time.")
 app.add_typer(poison_app, name="poison")
+app.add_typer(unroutable_app, name="unroutable")
 
 AppSpec = Annotated[str | None, typer.Argument(help="MODULE:APP of a postdate Consumer")]
 
@@ -239,6 +243,37 @@ def poison_purge(
             return await purge_poison(connection, queue)
 
     typer.echo(f"purged {_run(purge)} message(s) from {poison_queue(queue)}")
+
+
+@unroutable_app.command("list")
+def unroutable_list() -> None:
+    """Count parked commands per destination queue (they stay parked)."""
+    settings = Settings.load()
+
+    async def read() -> Counter[str]:
+        connection = await connect(settings.url, name="postdate-cli-unroutable")
+        async with connection:
+            return await count_unroutable(connection, settings.prefix)
+
+    counts = _run(read)
+    for queue, count in sorted(counts.items()):
+        typer.echo(f"{queue:<60} {count:>9}")
+    typer.echo(f"{sum(counts.values())} parked in {Names(settings.prefix).unroutable}")
+
+
+@unroutable_app.command("redeliver")
+def unroutable_redeliver(
+    queue: Annotated[str | None, typer.Option(help="only commands for this queue")] = None,
+) -> None:
+    """Send parked commands on to their queue (declare it first), confirmed, then removed."""
+    settings = Settings.load()
+
+    async def redeliver() -> int:
+        connection = await connect(settings.url, name="postdate-cli-unroutable")
+        async with connection, Publisher(settings=settings, declare=False) as publisher:
+            return await redeliver_unroutable(connection, publisher, queue)
+
+    typer.echo(f"redelivered {_run(redeliver)} command(s)")
 
 
 @app.command()
