@@ -130,6 +130,18 @@ def quorum(**extra: Any) -> QueueArguments:
     return arguments
 
 
+# Operators read parked messages by getting them unacked and closing the channel; every
+# such return counts as a delivery. RabbitMQ 4 gives quorum queues a default limit of 20
+# and drops what exceeds it when no dead-letter exchange is set: parking queues state a
+# limit that is never reached instead.
+PARKING_DELIVERY_LIMIT = 2**31 - 1
+
+
+def parking() -> QueueArguments:
+    """A queue where messages wait for an operator: nothing expires or is dropped."""
+    return quorum(**{"x-delivery-limit": PARKING_DELIVERY_LIMIT})
+
+
 def dead_lettering(exchange: str, routing_key: str | None = None) -> dict[str, Any]:
     """At-least-once dead-lettering: the message leaves only once the target confirmed it."""
     arguments: dict[str, Any] = {
@@ -167,7 +179,7 @@ def ladder_topology(prefix: str) -> Topology:
         ExchangeSpec(names.unroutable, ExchangeType.FANOUT),
         ExchangeSpec(names.deliver, ExchangeType.TOPIC, {"alternate-exchange": names.unroutable}),
     ]
-    queues = [QueueSpec(names.unroutable, quorum())]
+    queues = [QueueSpec(names.unroutable, parking())]
     bindings = [BindingSpec(names.unroutable, names.unroutable, "")]
     for level in range(LEVELS):
         after = names.after_exchange(level)
@@ -215,7 +227,7 @@ def command_queue_topology(
             queue,
             quorum(**{"x-delivery-limit": delivery_limit}, **dead_lettering("", poison)),
         ),
-        QueueSpec(poison, quorum()),
+        QueueSpec(poison, parking()),
     ]
     queues.extend(
         QueueSpec(

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from postdate import ladder
 from postdate.publisher import route
 from postdate.topology import (
+    PARKING_DELIVERY_LIMIT,
     BindingSpec,
     ExchangeType,
     Names,
@@ -209,7 +210,11 @@ def test_ladder_exchanges_and_unroutable() -> None:
     assert exchanges["p.unroutable"].type is ExchangeType.FANOUT
     assert all(exchanges[f"p.after.{n}"].type is ExchangeType.TOPIC for n in range(28))
     queues = {spec.name: spec for spec in topology.queues}
-    assert queues["p.unroutable"].arguments == {"x-queue-type": "quorum"}
+    # nothing expires out of the catch-all, and operator reads never exhaust a limit
+    assert queues["p.unroutable"].arguments == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": PARKING_DELIVERY_LIMIT,
+    }
     assert "x-message-ttl" not in queues["p.unroutable"].arguments
     assert BindingSpec("p.unroutable", "p.unroutable", "") in topology.bindings
 
@@ -269,3 +274,11 @@ def test_definitions_render_the_same_values() -> None:
     deliver = next(e for e in definitions["exchanges"] if e["name"] == "p.deliver")
     assert deliver["arguments"] == {"alternate-exchange": "p.unroutable"}
     assert deliver["type"] == "topic"
+
+
+def test_poison_queue_keeps_everything() -> None:
+    queues = {spec.name: spec for spec in command_queue_topology("p", "orders.expire").queues}
+    assert queues["orders.expire.poison"].arguments == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": PARKING_DELIVERY_LIMIT,
+    }
