@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import Counter, Histogram, start_http_server
 
 MESSAGES = Counter(
     "postdate_messages",
@@ -20,3 +22,14 @@ LATENESS_SECONDS = Histogram(
     ["queue"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+
+
+def serve_metrics(port: int) -> WSGIServer:
+    """Expose the process's metrics on ``http://0.0.0.0:port/metrics`` from a thread;
+    port 0 picks a free one (``server.server_port``). Stop it with ``server.shutdown()``.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    server, _ = start_http_server(port)
+    return server

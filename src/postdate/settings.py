@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     concurrency: Annotated[int, Field(ge=1, le=10000)] = 32
     grace_period: Annotated[float, Field(ge=0, le=3600)] = 20.0
     delivery_limit: Annotated[int, Field(ge=1, le=1000)] = 5
+    metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = None
 
     @property
     def url(self) -> str:

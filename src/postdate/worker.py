@@ -14,6 +14,7 @@ import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from wsgiref.simple_server import WSGIServer
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -28,6 +29,7 @@ from postdate.declare import declare_topology
 from postdate.dispatch import Dispatcher
 from postdate.errors import CommandDefinitionError
 from postdate.logs import get_logger
+from postdate.metrics import serve_metrics
 from postdate.outcomes import Outcome
 from postdate.publisher import Publisher
 from postdate.settings import Settings
@@ -62,6 +64,12 @@ class Worker:
         self._handlers = asyncio.Semaphore(self.settings.concurrency)
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._metrics: WSGIServer | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Where /metrics is served (``POSTDATE_METRICS_PORT``), or None."""
+        return None if self._metrics is None else int(self._metrics.server_port)
 
     @property
     def outcomes(self) -> Counter[Outcome]:
@@ -77,6 +85,9 @@ class Worker:
         """
         if not self.app.registrations:
             raise CommandDefinitionError("the consumer app has no handlers: nothing to consume")
+        if self.settings.metrics_port is not None and self._metrics is None:
+            self._metrics = serve_metrics(self.settings.metrics_port)
+            log.info("worker.metrics", port=self.metrics_port)
         for hook in self.app.startup_hooks:
             await hook()
         await self.publisher.start()
@@ -144,6 +155,9 @@ class Worker:
                 await hook()
             except Exception as exc:
                 log.error("worker.shutdown_hook.failed", hook=repr(hook), error=repr(exc))
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.shutdown)
+            self._metrics.server_close()
         log.info("worker.stopped", worker=self.name, outcomes=dict(self.outcomes))
         self._stopped.set()
 

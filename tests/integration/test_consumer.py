@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -379,3 +380,27 @@ async def test_message_far_ahead_of_its_due_time_goes_back_through_the_ladder(
     await wait_for(lambda: worker.outcomes[Outcome.RESCHEDULED] == 1, 5, "rescheduled")
     await wait_for(lambda: len(lateness) == 1, 10, "handled at its due time")
     assert 0 <= lateness[0] < 1.0
+
+
+async def test_metrics_are_served_when_a_port_is_set(
+    prefix: str, settings: Settings, publisher: Publisher, cleanup: Cleanup, test_name: str
+) -> None:
+    cmd = command_for(f"{prefix}.metrics")
+    app = Consumer()
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        raise Skip("counted")
+
+    cleanup.track(app.topology(settings.prefix, settings.delivery_limit))
+    worker = Worker(app, settings.model_copy(update={"metrics_port": 0}), name=test_name)
+    await worker.start()
+    try:
+        await publisher.send(cmd(n=1))
+        await wait_for(lambda: worker.outcomes[Outcome.SKIPPED] == 1, 10, "skipped")
+        url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+        page = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+    finally:
+        await worker.stop(grace_period=2)
+    expected = f'postdate_messages_total{{outcome="skipped",queue="{cmd.queue}",type="Ping"}} 1.0'
+    assert expected in page.decode()
