@@ -11,7 +11,6 @@ import asyncio
 import json
 import random
 import statistics
-import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from tests.helpers import Cleanup
 
+from bench.common import server_version
 from postdate import Command, Consumer, Context, Outcome, Publisher, Settings, Worker
 from postdate.declare import declare_topology
 from postdate.logs import configure_logging
@@ -29,7 +29,7 @@ from postdate.topology import command_queue_topology
 RESULTS = Path(__file__).parent / "results" / "consume.json"
 MESSAGES = 10_000
 PREFETCH = 64
-ROUNDS = 3
+ROUNDS = 5
 LATENESS_MESSAGES = 2_000
 
 
@@ -137,6 +137,7 @@ async def main() -> None:
                 raw_rates.append(await raw_consume(connection, command.queue, MESSAGES))
             cleanup.track(command_queue_topology(prefix, f"{prefix}.late"))
             late = await lateness(settings, pub, prefix)
+            version = server_version(connection)
             await connection.close()
     finally:
         await cleanup.run()
@@ -144,7 +145,7 @@ async def main() -> None:
     result = {
         "benchmark": "consume",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "rabbitmq": _rabbitmq_version(),
+        "rabbitmq": version,
         "messages_per_round": MESSAGES,
         "prefetch": PREFETCH,
         "rounds": ROUNDS,
@@ -162,16 +163,6 @@ async def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
-
-def _rabbitmq_version() -> str:
-    try:
-        out = subprocess.run(
-            ["rabbitmqctl", "version"], capture_output=True, text=True, timeout=30, check=False
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractConnection
 from sqlalchemy import text
 
+from bench.common import server_version
 from orders.commands import expire_command_for
 from orders.demo import delete_topology
 from orders.store import OrderStore, make_engine
@@ -147,14 +147,6 @@ async def with_postgres(
         async with admin.begin() as connection:
             await connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         await admin.dispose()
-
-
-def server_version(connection: AbstractConnection) -> str:
-    transport = connection.transport
-    if transport is None:
-        return "unknown"
-    version = transport.connection.server_properties.get("version", "unknown")
-    return version.decode() if isinstance(version, bytes) else str(version)
 
 
 async def main() -> dict[str, Any]:

@@ -38,6 +38,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from bench.common import server_version
 from postdate import ladder
 from postdate.command import Command
 from postdate.connection import named_url
@@ -252,14 +253,6 @@ async def purge(connection: AbstractConnection, *queues: str) -> None:
     for queue in queues:
         await underlay.queue_purge(queue)
     await channel.close()
-
-
-def server_version(connection: AbstractRobustConnection) -> str:
-    transport = connection.transport
-    if transport is None:
-        return "unknown"
-    version = transport.connection.server_properties.get("version", "unknown")
-    return version.decode() if isinstance(version, bytes) else str(version)
 
 
 async def main() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,9 +32,16 @@ class Context:
     attempt: int
     due_at: datetime
     correlation_id: str | None
-    log: structlog.typing.FilteringBoundLogger
+    _logger: structlog.typing.FilteringBoundLogger
     _publisher: Publisher
     _pending: list[tuple[Envelope, Route]] = field(default_factory=list)
+
+    @functools.cached_property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """A logger bound to message_id, type, queue and attempt (bound on first use)."""
+        return self._logger.bind(
+            message_id=self.message_id, type=self.type, queue=self.queue, attempt=self.attempt
+        )
 
     @classmethod
     def for_envelope(
@@ -46,7 +54,7 @@ class Context:
             attempt=envelope.attempt,
             due_at=envelope.due_at,
             correlation_id=envelope.correlation_id,
-            log=log,
+            _logger=log,
             _publisher=publisher,
         )
 

@@ -18,12 +18,12 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractMessage
 from pydantic import ValidationError
 
+from postdate import metrics
 from postdate.command import Command
 from postdate.consumer import Consumer, Registration
 from postdate.context import Context
 from postdate.envelope import ATTEMPT, Envelope
 from postdate.errors import DelayError, InvalidMessage, PublishReturned
-from postdate.metrics import HANDLE_SECONDS, LATENESS_SECONDS, MESSAGES
 from postdate.outcomes import Outcome, Retry, Skip
 from postdate.poison import Reason, bounded, poison_message, safe_repr
 from postdate.publisher import Publisher
@@ -74,7 +74,7 @@ class Dispatcher:
         if early > 0:
             await asyncio.sleep(early)
             started = time.monotonic()
-        LATENESS_SECONDS.labels(queue).observe(
+        metrics.lateness_seconds(queue).observe(
             max(0.0, (datetime.now(UTC) - envelope.due_at).total_seconds())
         )
         outcome, reason = await self._handle(message, queue, envelope, registration, command)
@@ -95,13 +95,7 @@ class Dispatcher:
         registration: Registration,
         command: Command,
     ) -> tuple[Outcome, str]:
-        bound = log.bind(
-            message_id=envelope.message_id,
-            type=envelope.type,
-            queue=queue,
-            attempt=envelope.attempt,
-        )
-        context = Context.for_envelope(envelope, self.publisher, bound)
+        context = Context.for_envelope(envelope, self.publisher, log)
         try:
             try:
                 await registration.handler(command, context)
@@ -206,8 +200,8 @@ class Dispatcher:
         duration = time.monotonic() - started
         self.outcomes[outcome] += 1
         kind = message.type or ""
-        MESSAGES.labels(queue, kind, outcome.value).inc()
-        HANDLE_SECONDS.labels(queue, kind).observe(duration)
+        metrics.messages(queue, kind, outcome.value).inc()
+        metrics.handle_seconds(queue, kind).observe(duration)
         level = log.warning if outcome in (Outcome.POISONED, Outcome.ABANDONED) else log.info
         level(
             "message",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Histogram, start_http_server
@@ -22,6 +23,23 @@ LATENESS_SECONDS = Histogram(
     ["queue"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+
+
+# Label lookups hash and lock on every call; a worker settles thousands of messages a
+# second over a handful of label sets, so keep the children.
+@functools.cache
+def messages(queue: str, kind: str, outcome: str) -> Counter:
+    return MESSAGES.labels(queue, kind, outcome)
+
+
+@functools.cache
+def handle_seconds(queue: str, kind: str) -> Histogram:
+    return HANDLE_SECONDS.labels(queue, kind)
+
+
+@functools.cache
+def lateness_seconds(queue: str) -> Histogram:
+    return LATENESS_SECONDS.labels(queue)
 
 
 def serve_metrics(port: int) -> WSGIServer:
