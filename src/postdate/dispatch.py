@@ -41,6 +41,8 @@ class Dispatcher:
 
     app: Consumer
     publisher: Publisher
+    handler_slots: asyncio.Semaphore | None = None  # bounds handlers running at once
+    stopping: bool = False  # set on shutdown: deliveries not yet in a handler stay unacked
     outcomes: Counter[Outcome] = field(default_factory=Counter)
 
     async def process(self, message: AbstractIncomingMessage, queue: str) -> Outcome:
@@ -98,7 +100,11 @@ class Dispatcher:
         context = Context.for_envelope(envelope, self.publisher, log)
         try:
             try:
-                await registration.handler(command, context)
+                # Only the handler takes a slot: a message held for its due time does not.
+                async with self.handler_slots or contextlib.nullcontext():
+                    if self.stopping:
+                        return Outcome.ABANDONED, "worker stopping"  # the broker redelivers
+                    await registration.handler(command, context)
             except Skip as skip:
                 await context.flush()
                 return await self._ack(message, Outcome.SKIPPED), skip.reason

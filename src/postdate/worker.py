@@ -56,12 +56,13 @@ class Worker:
         self.settings = settings or Settings.load()
         self.name = name or f"postdate-worker-{socket.gethostname()}-{os.getpid()}"
         self.publisher = Publisher(settings=self.settings, connection_name=f"{self.name}-publish")
-        self.dispatcher = Dispatcher(app, self.publisher)
+        self.dispatcher = Dispatcher(
+            app, self.publisher, asyncio.Semaphore(self.settings.concurrency)
+        )
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[object]] = set()
-        self._handlers = asyncio.Semaphore(self.settings.concurrency)
         self._stopping = False
         self._stopped = asyncio.Event()
         self._metrics: WSGIServer | None = None
@@ -118,10 +119,9 @@ class Worker:
             assert task is not None
             self._in_flight.add(task)
             try:
-                async with self._handlers:
-                    if self._stopping:
-                        return  # left unacked: redelivered after we close
-                    await self.dispatcher.process(message, queue)
+                if self._stopping:
+                    return  # left unacked: redelivered after we close
+                await self.dispatcher.process(message, queue)
             except Exception:  # a bug of ours: give the delivery back, keep running
                 log.exception("worker.dispatch_failed", message_id=message.message_id)
                 with suppress(Exception):
@@ -137,6 +137,7 @@ class Worker:
             await self._stopped.wait()
             return
         self._stopping = True
+        self.dispatcher.stopping = True
         grace = self.settings.grace_period if grace_period is None else grace_period
         await self._cancel_consumers()
         pending = set(self._in_flight)

@@ -404,3 +404,27 @@ async def test_metrics_are_served_when_a_port_is_set(
         await worker.stop(grace_period=2)
     expected = f'postdate_messages_total{{outcome="skipped",queue="{cmd.queue}",type="Ping"}} 1.0'
     assert expected in page.decode()
+
+
+async def test_held_message_does_not_take_a_handler_slot(
+    prefix: str, settings: Settings, publisher: Publisher, cleanup: Cleanup, test_name: str
+) -> None:
+    cmd = command_for(f"{prefix}.slots")
+    app = Consumer()
+    lateness: dict[int, float] = {}
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        lateness[command.n] = (datetime.now(UTC) - context.due_at).total_seconds()
+
+    cleanup.track(app.topology(settings.prefix, settings.delivery_limit))
+    worker = Worker(app, settings.model_copy(update={"concurrency": 1}), name=test_name)
+    await worker.start()
+    try:
+        await publisher.send(cmd(n=1), delay=0.9)  # arrives first, held 0.9 s
+        await publisher.send(cmd(n=2), delay=0.1)  # must not wait behind it
+        await wait_for(lambda: len(lateness) == 2, 10, "both handled")
+    finally:
+        await worker.stop(grace_period=2)
+    assert 0 <= lateness[2] < 0.3, lateness
+    assert 0 <= lateness[1] < 0.3, lateness
