@@ -8,7 +8,6 @@ Ratios, not absolute rates, are the figures to compare: the machine is shared an
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import statistics
 import time
@@ -20,7 +19,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from tests.helpers import Cleanup
 
-from bench.common import server_version
+from bench.common import server_version, write_results
 from postdate import Command, Consumer, Context, Outcome, Publisher, Settings, Worker
 from postdate.declare import declare_topology
 from postdate.logs import configure_logging
@@ -160,9 +159,7 @@ async def main() -> None:
             "per message; raw loop only acks"
         ),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results(RESULTS, result)
 
 
 if __name__ == "__main__":

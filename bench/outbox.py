@@ -34,7 +34,7 @@ from typing import Any
 import aio_pika
 from sqlalchemy import text
 
-from bench.common import server_version
+from bench.common import server_version, write_results
 from orders.commands import expire_command_for
 from orders.demo import delete_topology
 from orders.store import OrderStore, make_engine
@@ -192,9 +192,7 @@ async def main() -> dict[str, Any]:
 
 def run() -> None:
     results = asyncio.run(main())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(RESULTS, results)
 
 
 if __name__ == "__main__":

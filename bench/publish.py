@@ -17,7 +17,6 @@ machine is shared and noisy, so the ratio is the figure, not the absolute rate.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import platform
@@ -38,7 +37,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from bench.common import server_version
+from bench.common import server_version, write_results
 from postdate import ladder
 from postdate.command import Command
 from postdate.connection import named_url
@@ -338,9 +337,7 @@ async def main() -> dict[str, Any]:
 
 def run() -> None:
     results = asyncio.run(main())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_results(RESULTS, results)
 
 
 if __name__ == "__main__":

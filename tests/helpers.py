@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Self, TypeVar, cast
 
@@ -263,3 +263,14 @@ async def _delete_lane(connection: AbstractConnection, names: list[str], *, queu
     finally:
         if not channel.is_closed:
             await channel.close()
+
+
+async def eventually(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)

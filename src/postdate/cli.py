@@ -6,13 +6,13 @@ import asyncio
 import importlib
 import json
 import sys
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import aiormq
 import typer
+from aio_pika.abc import AbstractRobustConnection
 
 from postdate.connection import connect
 from postdate.consumer import Consumer
@@ -74,6 +74,19 @@ def _run(coroutine: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(2) from None
 
 
+def _on_broker(
+    settings: Settings, name: str, use: Callable[[AbstractRobustConnection], Awaitable[T]]
+) -> T:
+    """Connect, run ``use`` on the connection, close; postdate errors become exit code 2."""
+
+    async def session() -> T:
+        connection = await connect(settings.url, name=f"postdate-cli-{name}")
+        async with connection:
+            return await use(connection)
+
+    return _run(session)
+
+
 def _topology(settings: Settings, spec: str | None) -> Topology:
     if spec is None:
         return ladder_topology(settings.prefix)
@@ -109,12 +122,7 @@ def topology_declare(spec: AppSpec = None) -> None:
     settings = Settings.load()
     topology = _topology(settings, spec)
 
-    async def declare() -> None:
-        connection = await connect(settings.url, name="postdate-cli-topology")
-        async with connection:
-            await declare_topology(connection, topology)
-
-    _run(declare)
+    _on_broker(settings, "topology", lambda connection: declare_topology(connection, topology))
     typer.echo(
         f"declared {len(topology.exchanges)} exchanges, {len(topology.queues)} queues, "
         f"{len(topology.bindings)} bindings under prefix {settings.prefix!r}"
@@ -132,12 +140,7 @@ def topology_delete(
     settings = Settings.load()
     topology = _topology(settings, spec)
 
-    async def delete() -> None:
-        connection = await connect(settings.url, name="postdate-cli-topology")
-        async with connection:
-            await delete_topology(connection, topology)
-
-    _run(delete)
+    _on_broker(settings, "topology", lambda connection: delete_topology(connection, topology))
     typer.echo(f"deleted {len(topology.queues)} queues, {len(topology.exchanges)} exchanges")
 
 
@@ -170,41 +173,29 @@ def poison_list(
 ) -> None:
     """List parked messages of QUEUE (they stay parked)."""
     settings = Settings.load()
-
-    async def read() -> None:
-        connection = await connect(settings.url, name="postdate-cli-poison")
-        async with connection:
-            entries = await list_poison(connection, queue, limit)
-        for entry in entries:
-            failed = entry.failed_at.isoformat() if entry.failed_at else "-"
-            typer.echo(
-                f"{entry.message_id}  {entry.type}  {entry.reason}  attempts={entry.attempts}  "
-                f"failed_at={failed}  {entry.error_type}: {entry.error_message[:120]}"
-            )
-        typer.echo(f"{len(entries)} parked in {poison_queue(queue)}")
-
-    _run(read)
+    entries = _on_broker(settings, "poison", lambda c: list_poison(c, queue, limit))
+    for entry in entries:
+        failed = entry.failed_at.isoformat() if entry.failed_at else "-"
+        typer.echo(
+            f"{entry.message_id}  {entry.type}  {entry.reason}  attempts={entry.attempts}  "
+            f"failed_at={failed}  {entry.error_type}: {entry.error_message[:120]}"
+        )
+    typer.echo(f"{len(entries)} parked in {poison_queue(queue)}")
 
 
 @poison_app.command("show")
 def poison_show(queue: str, message_id: str) -> None:
     """Show one parked message with its body and traceback."""
     settings = Settings.load()
-
-    async def read() -> None:
-        connection = await connect(settings.url, name="postdate-cli-poison")
-        async with connection:
-            entries = await list_poison(connection, queue, limit=100_000)
-        for entry in entries:
-            if entry.message_id == message_id:
-                for key, value in vars(entry).items():
-                    text = value.decode(errors="replace") if isinstance(value, bytes) else value
-                    typer.echo(f"{key}: {text}")
-                return
-        typer.secho(f"no parked message {message_id} in {poison_queue(queue)}", err=True)
-        raise typer.Exit(1)
-
-    _run(read)
+    entries = _on_broker(settings, "poison", lambda c: list_poison(c, queue, limit=100_000))
+    for entry in entries:
+        if entry.message_id == message_id:
+            for key, value in vars(entry).items():
+                text = value.decode(errors="replace") if isinstance(value, bytes) else value
+                typer.echo(f"{key}: {text}")
+            return
+    typer.secho(f"no parked message {message_id} in {poison_queue(queue)}", err=True)
+    raise typer.Exit(1)
 
 
 @poison_app.command("replay")
@@ -237,12 +228,8 @@ def poison_purge(
         raise typer.BadParameter("purging deletes messages for good: add --yes")
     settings = Settings.load()
 
-    async def purge() -> int:
-        connection = await connect(settings.url, name="postdate-cli-poison")
-        async with connection:
-            return await purge_poison(connection, queue)
-
-    typer.echo(f"purged {_run(purge)} message(s) from {poison_queue(queue)}")
+    purged = _on_broker(settings, "poison", lambda connection: purge_poison(connection, queue))
+    typer.echo(f"purged {purged} message(s) from {poison_queue(queue)}")
 
 
 @unroutable_app.command("list")
@@ -250,12 +237,9 @@ def unroutable_list() -> None:
     """Count parked commands per destination queue (they stay parked)."""
     settings = Settings.load()
 
-    async def read() -> Counter[str]:
-        connection = await connect(settings.url, name="postdate-cli-unroutable")
-        async with connection:
-            return await count_unroutable(connection, settings.prefix)
-
-    counts = _run(read)
+    counts = _on_broker(
+        settings, "unroutable", lambda connection: count_unroutable(connection, settings.prefix)
+    )
     for queue, count in sorted(counts.items()):
         typer.echo(f"{queue:<60} {count:>9}")
     typer.echo(f"{sum(counts.values())} parked in {Names(settings.prefix).unroutable}")
@@ -289,25 +273,23 @@ def status(spec: AppSpec = None) -> None:
             queues.extend(retry_queue(queue, tier) for tier in consumer.tiers(queue))
             queues.append(poison_queue(queue))
 
-    async def read() -> list[tuple[str, str, str]]:
-        connection = await connect(settings.url, name="postdate-cli-status")
+    async def read(connection: AbstractRobustConnection) -> list[tuple[str, str, str]]:
         rows = []
-        async with connection:
-            for name in queues:
-                channel = await connection.channel()
-                try:
-                    declared = await channel.declare_queue(name, passive=True)
-                    result = declared.declaration_result
-                    rows.append((name, str(result.message_count), str(result.consumer_count)))
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    rows.append((name, "missing", "-"))
-                finally:
-                    if not channel.is_closed:
-                        await channel.close()
+        for name in queues:
+            channel = await connection.channel()
+            try:
+                declared = await channel.declare_queue(name, passive=True)
+                result = declared.declaration_result
+                rows.append((name, str(result.message_count), str(result.consumer_count)))
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                rows.append((name, "missing", "-"))
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
         return rows
 
     typer.echo(f"{'queue':<60} {'messages':>9} {'consumers':>9}")
-    for name, messages, consumers in _run(read):
+    for name, messages, consumers in _on_broker(settings, "status", read):
         typer.echo(f"{name:<60} {messages:>9} {consumers:>9}")
 
 

@@ -61,6 +61,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from postdate import ladder
@@ -509,20 +510,30 @@ async def upcoming(
         DelayError: ``after`` or ``before`` is naive.
     """
     table = outbox_table
-    start = after or datetime.now(UTC)
-    conditions = [table.c.due_ms >= _epoch_ms(start, "after")]
-    if before is not None:
-        conditions.append(table.c.due_ms < _epoch_ms(before, "before"))
+    conditions = _due_window(after, before, queue, command_type)
     if correlation_id is not None:
         conditions.append(table.c.correlation_id == correlation_id)
-    if queue is not None:
-        conditions.append(table.c.queue == queue)
-    if command_type is not None:
-        conditions.append(table.c.type == command_type)
     result = await session.execute(
         select(table).where(and_(*conditions)).order_by(table.c.due_ms, table.c.id).limit(limit)
     )
     return [OutboxRow.from_row(row) for row in result]
+
+
+def _due_window(
+    after: datetime | None, before: datetime | None, queue: str | None, command_type: str | None
+) -> list[ColumnElement[bool]]:
+    """Row filters shared by the schedule queries: due from ``after`` (default now) until
+    ``before``, optionally of one queue or command type."""
+    table = outbox_table
+    start = after or datetime.now(UTC)
+    conditions = [table.c.due_ms >= _epoch_ms(start, "after")]
+    if before is not None:
+        conditions.append(table.c.due_ms < _epoch_ms(before, "before"))
+    if queue is not None:
+        conditions.append(table.c.queue == queue)
+    if command_type is not None:
+        conditions.append(table.c.type == command_type)
+    return conditions
 
 
 @dataclass(frozen=True)
@@ -557,14 +568,7 @@ async def schedule_overview(
     if size <= 0 or size != bucket.total_seconds() * 1000:
         raise ValueError(f"bucket {bucket} must be a positive whole number of milliseconds")
     table = outbox_table
-    start = after or datetime.now(UTC)
-    conditions = [table.c.due_ms >= _epoch_ms(start, "after")]
-    if before is not None:
-        conditions.append(table.c.due_ms < _epoch_ms(before, "before"))
-    if queue is not None:
-        conditions.append(table.c.queue == queue)
-    if command_type is not None:
-        conditions.append(table.c.type == command_type)
+    conditions = _due_window(after, before, queue, command_type)
     index = (table.c.due_ms // literal(size, BigInteger)).label("bucket")
     pending = func.sum(case((table.c.sent_at.is_(None), 1), else_=0))
     result = await session.execute(

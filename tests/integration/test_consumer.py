@@ -39,7 +39,7 @@ from postdate.poison import (
     replay_poison,
 )
 from postdate.topology import poison_queue
-from tests.helpers import Cleanup, Ping, collect, command_for, queue_depth
+from tests.helpers import Cleanup, Ping, collect, command_for, eventually, queue_depth
 
 FAST = RetryPolicy(max_attempts=3, tiers=(timedelta(seconds=1),))
 
@@ -68,14 +68,6 @@ async def start_worker(
         await worker.stop(grace_period=2)
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_outcomes_handled_skipped_retried_poisoned(
     prefix: str,
     publisher: Publisher,
@@ -98,7 +90,7 @@ async def test_outcomes_handled_skipped_retried_poisoned(
 
     worker = await start_worker(app)
     ids = {n: await publisher.send(cmd(n=n)) for n in (1, 2, 3, 4)}
-    await wait_for(lambda: sum(worker.outcomes.values()) >= 7, 20, "7 outcomes")
+    await eventually(lambda: sum(worker.outcomes.values()) >= 7, 20, "7 outcomes")
 
     assert attempts == {1: [1], 2: [1], 3: [1, 2], 4: [1, 2, 3]}
     assert worker.outcomes == Counter(
@@ -134,7 +126,7 @@ async def test_permanent_error_is_poisoned_at_once(
 
     worker = await start_worker(app)
     await publisher.send(cmd(n=1))
-    await wait_for(lambda: worker.outcomes[Outcome.POISONED] == 1, 10, "poison")
+    await eventually(lambda: worker.outcomes[Outcome.POISONED] == 1, 10, "poison")
     [parked] = await collect(connection, poison_queue(cmd.queue), 1, timeout=5)
     assert parked.message.headers[REASON] == Reason.PERMANENT
     assert parked.message.headers[ATTEMPTS] == 1
@@ -187,7 +179,7 @@ async def test_invalid_input_goes_to_poison_with_reason_and_worker_keeps_consumi
     for message_id, (body, headers, kind, _) in cases.items():
         await channel.default_exchange.publish(_raw(body, headers, kind, message_id), cmd.queue)
     await publisher.send(cmd(n=7))
-    await wait_for(
+    await eventually(
         lambda: handled == [7] and worker.outcomes[Outcome.POISONED] == len(cases), 10, "all"
     )
 
@@ -213,7 +205,7 @@ async def test_failing_message_never_stops_the_others(
 
     worker = await start_worker(app)
     await publisher.send_many((cmd(n=n), 0) for n in range(200))
-    await wait_for(lambda: sum(worker.outcomes.values()) == 200, 20, "200 outcomes")
+    await eventually(lambda: sum(worker.outcomes.values()) == 200, 20, "200 outcomes")
     assert handled == {n for n in range(200) if n % 10}
     assert worker.outcomes[Outcome.POISONED] == 20
 
@@ -237,7 +229,7 @@ async def test_two_workers_share_the_load_without_duplicates(
     await start_worker(app_for("a"))
     await start_worker(app_for("b"))
     await publisher.send_many((cmd(n=n), 0) for n in range(400))
-    await wait_for(lambda: len(seen) >= 400, 30, "400 handled")
+    await eventually(lambda: len(seen) >= 400, 30, "400 handled")
     await asyncio.sleep(0.3)  # let any duplicate show up before counting
     numbers = Counter(n for n, _ in seen)
     assert len(numbers) == 400 and max(numbers.values()) == 1
@@ -271,7 +263,7 @@ async def test_follow_up_is_confirmed_before_ack_and_keeps_its_id_on_redelivery(
 
     worker = await start_worker(app)
     await publisher.send(first(n=1))
-    await wait_for(lambda: worker.outcomes[Outcome.SKIPPED] == 1, 15, "follow-up handled")
+    await eventually(lambda: worker.outcomes[Outcome.SKIPPED] == 1, 15, "follow-up handled")
     assert worker.outcomes[Outcome.RETRIED] == 1 and worker.outcomes[Outcome.HANDLED] == 1
     assert follow_ups[0] == follow_ups[1]  # same derived id on both attempts: deduplicable
     assert await queue_depth(connection, second.queue) == 0
@@ -291,7 +283,7 @@ async def test_early_message_is_held_until_its_exact_due_time(
     await start_worker(app)
     delays = [0.3, 0.9, 1.2, 1.75, 2.5, 2.99]
     await publisher.send_many((cmd(n=i), delay) for i, delay in enumerate(delays))
-    await wait_for(lambda: len(lateness) == len(delays), 15, "all delivered")
+    await eventually(lambda: len(lateness) == len(delays), 15, "all delivered")
     assert min(lateness) >= 0, lateness  # never early
     assert max(lateness) < 1.0, lateness
 
@@ -316,7 +308,7 @@ async def test_poison_replay_sends_the_message_back_as_attempt_one(
 
     worker = await start_worker(app)
     message_id = await publisher.send(cmd(n=5))
-    await wait_for(lambda: worker.outcomes[Outcome.POISONED] == 1, 10, "poisoned")
+    await eventually(lambda: worker.outcomes[Outcome.POISONED] == 1, 10, "poisoned")
     [entry] = await list_poison(connection, cmd.queue)
     assert entry.message_id == message_id and entry.reason == Reason.EXHAUSTED
     assert await queue_depth(connection, poison_queue(cmd.queue)) == 1  # listing keeps it
@@ -324,7 +316,7 @@ async def test_poison_replay_sends_the_message_back_as_attempt_one(
     healthy = True
     replayed = await replay_poison(connection, publisher, cmd.queue, {message_id})
     assert replayed == [message_id]
-    await wait_for(lambda: worker.outcomes[Outcome.HANDLED] == 1, 10, "handled after replay")
+    await eventually(lambda: worker.outcomes[Outcome.HANDLED] == 1, 10, "handled after replay")
     assert attempts == [1, 1]
     assert await queue_depth(connection, poison_queue(cmd.queue)) == 0
 
@@ -377,8 +369,8 @@ async def test_message_far_ahead_of_its_due_time_goes_back_through_the_ladder(
     envelope, _ = publisher.prepare(cmd(n=1), 3)  # due in 3 s, but hand-published now
     channel = await connection.channel()
     await channel.default_exchange.publish(envelope.to_message(), cmd.queue)
-    await wait_for(lambda: worker.outcomes[Outcome.RESCHEDULED] == 1, 5, "rescheduled")
-    await wait_for(lambda: len(lateness) == 1, 10, "handled at its due time")
+    await eventually(lambda: worker.outcomes[Outcome.RESCHEDULED] == 1, 5, "rescheduled")
+    await eventually(lambda: len(lateness) == 1, 10, "handled at its due time")
     assert 0 <= lateness[0] < 1.0
 
 
@@ -397,7 +389,7 @@ async def test_metrics_are_served_when_a_port_is_set(
     await worker.start()
     try:
         await publisher.send(cmd(n=1))
-        await wait_for(lambda: worker.outcomes[Outcome.SKIPPED] == 1, 10, "skipped")
+        await eventually(lambda: worker.outcomes[Outcome.SKIPPED] == 1, 10, "skipped")
         url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
         page = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
     finally:
@@ -423,7 +415,7 @@ async def test_held_message_does_not_take_a_handler_slot(
     try:
         await publisher.send(cmd(n=1), delay=0.9)  # arrives first, held 0.9 s
         await publisher.send(cmd(n=2), delay=0.1)  # must not wait behind it
-        await wait_for(lambda: len(lateness) == 2, 10, "both handled")
+        await eventually(lambda: len(lateness) == 2, 10, "both handled")
     finally:
         await worker.stop(grace_period=2)
     assert 0 <= lateness[2] < 0.3, lateness

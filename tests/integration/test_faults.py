@@ -19,7 +19,7 @@ import yarl
 
 from postdate import Publisher, Settings
 from postdate.topology import Names, command_queue_topology, poison_queue
-from tests.helpers import Cleanup, collect, command_for, queue_depth
+from tests.helpers import Cleanup, collect, command_for, eventually, queue_depth
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTDATE = str(Path(sys.executable).parent / "postdate")
@@ -69,14 +69,6 @@ def spawn_worker(
     )
 
 
-async def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 def journal(tmp_path: Path) -> Journal:
     return Journal(tmp_path / "journal.txt")
@@ -106,13 +98,13 @@ async def test_kill_9_with_hundreds_in_flight_loses_nothing(
     processes.append(spawn_worker(settings, job.queue, journal, **env))
     await wait_for_consumer(settings.url, job.queue)
     await publisher.send_many((job(n=n), 0) for n in range(800))
-    await wait_until(lambda: len(journal.ended()) >= 150, 30, "150 handled")
+    await eventually(lambda: len(journal.ended()) >= 150, 30, "150 handled")
     processes[0].send_signal(signal.SIGKILL)
     processes[0].wait(10)
     in_flight = len(journal.started()) - len(journal.ended())
 
     processes.append(spawn_worker(settings, job.queue, journal, **env))
-    await wait_until(lambda: set(journal.ended()) >= set(range(800)), 60, "all 800 handled")
+    await eventually(lambda: set(journal.ended()) >= set(range(800)), 60, "all 800 handled")
     duplicates = sum(count - 1 for count in journal.ended().values())
     assert in_flight > 0, "the kill should have caught handlers in flight"
     assert duplicates <= 200, f"{duplicates} duplicates exceed the prefetch window"
@@ -139,7 +131,7 @@ async def test_sigterm_finishes_in_flight_and_redelivers_the_rest(
     processes.append(worker)
     await wait_for_consumer(settings.url, job.queue)
     await publisher.send_many((job(n=n), 0) for n in range(100))
-    await wait_until(lambda: len(journal.started()) >= 10, 30, "10 handlers running")
+    await eventually(lambda: len(journal.started()) >= 10, 30, "10 handlers running")
     worker.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(worker.wait, 20) == 0
     rows = journal.lines()
@@ -149,7 +141,7 @@ async def test_sigterm_finishes_in_flight_and_redelivers_the_rest(
     assert len(ended_by_first) < 100
 
     processes.append(spawn_worker(settings, job.queue, journal, TEST_SLEEP="0.001"))
-    await wait_until(lambda: set(journal.ended()) >= set(range(100)), 60, "all 100 handled")
+    await eventually(lambda: set(journal.ended()) >= set(range(100)), 60, "all 100 handled")
     assert await queue_depth(connection, poison_queue(job.queue)) == 0  # nothing rejected
     assert await queue_depth(connection, Names(prefix).unroutable) == 0
 
@@ -185,14 +177,14 @@ async def test_broker_closing_all_connections_mid_stream_loses_nothing(
         ids = list(range(1000))
         await wait_for_consumer(url, job.queue)
         await pub.send_many((job(n=n), (n % 40) / 10) for n in ids)
-    await wait_until(lambda: len(journal.ended()) >= 200, 30, "200 handled")
+    await eventually(lambda: len(journal.ended()) >= 200, 30, "200 handled")
     closed = subprocess.run(
         ["rabbitmqctl", "-q", "close_all_connections", "--vhost", vhost, "test closes all"],
         check=True,
         timeout=60,
     )
     assert closed.returncode == 0
-    await wait_until(
+    await eventually(
         lambda: set(journal.ended()) >= set(ids), 90, "all 1000 handled after reconnect"
     )
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import os
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate import Publisher, Settings
-from tests.helpers import Cleanup, collect
+from tests.helpers import Cleanup, collect, eventually
 from tests.integration.test_faults import wait_for_consumer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,10 +103,11 @@ async def test_supervisord_runs_the_consumers_and_stops_them_without_loss(
     copier = threading.Thread(target=_copy, args=(supervisord, log_path), daemon=True)
     copier.start()
     try:
-        await _wait(
+        await eventually(
             lambda: supervisorctl(supervisor_env, "status").count("RUNNING") == 5,
             60,
             "5 processes RUNNING",
+            interval=0.2,  # each poll runs supervisorctl
         )
         # RUNNING is supervisord's view; the queue exists once a worker declared it.
         await wait_for_consumer(settings.url, queue, consumers=2)
@@ -116,7 +115,7 @@ async def test_supervisord_runs_the_consumers_and_stops_them_without_loss(
             ids = await pub.send_many(
                 (example.Remind(text=f"r{n}"), timedelta(seconds=(n % 50) / 10)) for n in range(400)
             )
-        await _wait(lambda: len(handled_ids(log_path, queue)) >= 100, 60, "100 handled")
+        await eventually(lambda: len(handled_ids(log_path, queue)) >= 100, 60, "100 handled")
         stopped = supervisorctl(supervisor_env, "stop", "all")
         assert stopped.count("stopped") == 5, stopped
         handled = handled_ids(log_path, queue)
@@ -143,11 +142,3 @@ def _copy(process: subprocess.Popen[bytes], path: Path) -> None:
         for line in process.stdout:
             sink.write(line)
             sink.flush()
-
-
-async def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.2)
