@@ -42,8 +42,9 @@ from postdate import ladder
 from postdate.command import Command
 from postdate.connection import named_url
 from postdate.declare import declare_topology, delete_topology
-from postdate.envelope import DUE
-from postdate.publisher import PIPELINE_WINDOW, Publisher, When
+from postdate.envelope import DUE, Envelope
+from postdate.publisher import PIPELINE_WINDOW, Publisher
+from postdate.scheduling import When, due_time, plan
 from postdate.settings import Settings
 from postdate.topology import (
     Names,
@@ -133,8 +134,9 @@ def client_build_cost(publisher: Publisher, kind: type[Reserve], body: bytes) ->
     commands = [kind(order_id=str(uuid.uuid4())) for _ in range(count)]
     started = time.perf_counter()
     for command in commands:
-        envelope, target = publisher.prepare(command, PARKED_DELAY)
-        envelope.properties(target.cc)
+        now = datetime.now(UTC)
+        envelope = Envelope.for_command(command, due_time(now, PARKED_DELAY))
+        envelope.properties(plan(publisher.names, envelope, now).cc)
     ours = (time.perf_counter() - started) / count * 1e6
     started = time.perf_counter()
     for _ in range(count):

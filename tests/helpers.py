@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Self, TypeVar, cast
 
 import aio_pika
-import aiormq
 import yarl
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from postdate.command import Command
 from postdate.connection import named_url
-from postdate.declare import declare_topology
+from postdate.declare import declare_topology, delete_topology
 from postdate.settings import DEFAULT_URL
-from postdate.topology import Topology, ladder_topology
+from postdate.topology import ExchangeSpec, ExchangeType, QueueSpec, Topology, ladder_topology
 
 C = TypeVar("C", bound=Command)
 
@@ -219,10 +219,8 @@ class Cleanup:
         return topology
 
     async def run(self, lanes: int = 4) -> None:
-        """Delete everything tracked on a fresh connection, ignoring what is already gone.
-
-        Queues go with ``if_unused=False, if_empty=False``: quorum queues refuse
-        ``if_unused=True`` with a connection-level NOT_IMPLEMENTED error.
+        """Delete everything tracked on a fresh connection, ignoring what is already gone
+        (with :func:`postdate.declare.delete_topology`, queues before exchanges).
         """
         connection = await aio_pika.connect(amqp_url(f"{self.connection_name} cleanup", self.url))
         try:
@@ -240,37 +238,38 @@ async def _delete_all(
     pending = list(names)
     # A few channels in parallel: each channel runs one RPC at a time.
     await asyncio.gather(
-        *(_delete_lane(connection, pending[lane::lanes], queue=queue) for lane in range(lanes))
+        *(
+            delete_topology(connection, _named_topology(lane_names, queue=queue))
+            for lane_names in (pending[lane::lanes] for lane in range(lanes))
+            if lane_names
+        )
     )
 
 
-async def _delete_lane(connection: AbstractConnection, names: list[str], *, queue: bool) -> None:
-    if not names:
-        return
-    channel: AbstractChannel = await connection.channel(publisher_confirms=False)
-    try:
-        for name in names:
-            if channel.is_closed:
-                channel = await connection.channel(publisher_confirms=False)
-            underlay = await channel.get_underlay_channel()
-            try:
-                if queue:
-                    await underlay.queue_delete(name, if_unused=False, if_empty=False)
-                else:
-                    await underlay.exchange_delete(name, if_unused=False)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                pass  # already gone; the broker closed this channel
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+def _named_topology(names: list[str], *, queue: bool) -> Topology:
+    """A topology of just these queues (or exchanges): deleting needs nothing but names."""
+    if queue:
+        return Topology(queues=tuple(QueueSpec(name, arguments={}) for name in names))
+    return Topology(exchanges=tuple(ExchangeSpec(name, ExchangeType.TOPIC) for name in names))
 
 
 async def eventually(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
 ) -> None:
-    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    """Poll ``predicate`` (plain or async) until it holds; AssertionError naming ``what``
+    after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not await _holds(predicate):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = predicate()
+    if inspect.isawaitable(result):
+        return bool(await result)
+    return result

@@ -5,34 +5,53 @@ from postdate.consumer import Consumer
 from postdate.context import Context
 from postdate.errors import (
     BrokerUnavailable,
+    CommandDefinitionError,
     ConfigError,
     DelayError,
+    InvalidArgument,
+    InvalidMessage,
     PostdateError,
+    PublisherNotStarted,
     PublishError,
+    PublishInterrupted,
+    PublishNacked,
+    PublishReturned,
+    PublishTimeout,
     TopologyMismatch,
 )
-from postdate.outcomes import Outcome, Retry, Skip
+from postdate.outcomes import Outcome, Reason, Retry, Skip
 from postdate.publisher import Publisher
 from postdate.retry import RetryPolicy
+from postdate.scheduling import When
 from postdate.settings import Settings
 from postdate.worker import Worker, run
 
 __all__ = [
     "BrokerUnavailable",
     "Command",
+    "CommandDefinitionError",
     "ConfigError",
     "Consumer",
     "Context",
     "DelayError",
+    "InvalidArgument",
+    "InvalidMessage",
     "Outcome",
     "PostdateError",
     "PublishError",
+    "PublishInterrupted",
+    "PublishNacked",
+    "PublishReturned",
+    "PublishTimeout",
     "Publisher",
+    "PublisherNotStarted",
+    "Reason",
     "Retry",
     "RetryPolicy",
     "Settings",
     "Skip",
     "TopologyMismatch",
+    "When",
     "Worker",
     "run",
 ]

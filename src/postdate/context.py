@@ -1,17 +1,18 @@
-"""`Context`: what a handler knows about the message it handles, and how it sends more."""
+"""`Context`: what a handler knows about the message it handles, and its follow-ups."""
 
 from __future__ import annotations
 
 import functools
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 
+from postdate import scheduling
 from postdate.command import Command
 from postdate.envelope import Envelope
-from postdate.publisher import Publisher, Route, When
+from postdate.scheduling import When
 
 _FOLLOW_UP_NAMESPACE = uuid.UUID("5b0c1a52-4a8e-4c59-9e57-0f3a2d0f6b31")
 
@@ -20,7 +21,7 @@ _FOLLOW_UP_NAMESPACE = uuid.UUID("5b0c1a52-4a8e-4c59-9e57-0f3a2d0f6b31")
 class Context:
     """Passed to every handler next to its command.
 
-    ``send`` queues a follow-up command; the worker publishes queued follow-ups with
+    :meth:`follow_up` queues a command; the worker publishes queued follow-ups with
     confirms after the handler returns and before it acks the current message, so a
     crash in between yields a duplicate, never a loss. A follow-up's message id is
     derived from the current message id, so redeliveries repeat the same ids.
@@ -33,8 +34,7 @@ class Context:
     due_at: datetime
     correlation_id: str | None
     _logger: structlog.typing.FilteringBoundLogger
-    _publisher: Publisher
-    _pending: list[tuple[Envelope, Route]] = field(default_factory=list)
+    follow_ups: list[Envelope] = field(default_factory=list)
 
     @functools.cached_property
     def log(self) -> structlog.typing.FilteringBoundLogger:
@@ -45,8 +45,9 @@ class Context:
 
     @classmethod
     def for_envelope(
-        cls, envelope: Envelope, publisher: Publisher, log: structlog.typing.FilteringBoundLogger
+        cls, envelope: Envelope, log: structlog.typing.FilteringBoundLogger
     ) -> Context:
+        """The context of a handler call for ``envelope``."""
         return cls(
             message_id=envelope.message_id,
             type=envelope.type,
@@ -55,8 +56,34 @@ class Context:
             due_at=envelope.due_at,
             correlation_id=envelope.correlation_id,
             _logger=log,
-            _publisher=publisher,
         )
+
+    def follow_up(
+        self,
+        command: Command,
+        delay: When | None = None,
+        *,
+        at: datetime | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Queue ``command`` to be sent once the handler returns; returns its message id.
+
+        The worker publishes it (confirmed) before it acks the current message; if the
+        handler raises, nothing queued here is sent. The follow-up carries the current
+        correlation id (or, without one, the current message id).
+
+        Raises:
+            DelayError: the delay cannot be scheduled (raised here, in the handler).
+        """
+        name = f"{self.message_id}:{len(self.follow_ups)}:{command.queue}:{command.command_type}"
+        envelope = Envelope.for_command(
+            command,
+            scheduling.due_time(datetime.now(UTC), delay, at),
+            message_id=message_id or str(uuid.uuid5(_FOLLOW_UP_NAMESPACE, name)),
+            correlation_id=self.correlation_id or self.message_id,
+        )
+        self.follow_ups.append(envelope)
+        return envelope.message_id
 
     async def send(
         self,
@@ -66,25 +93,10 @@ class Context:
         at: datetime | None = None,
         message_id: str | None = None,
     ) -> str:
-        """Queue a follow-up command; returns its message id.
+        """Alias of :meth:`follow_up` (awaitable), kept for handlers written before it was
+        renamed: despite its name it sends nothing by itself, it queues a follow-up.
 
         Raises:
-            DelayError: the delay cannot be scheduled (raised here, in the handler).
+            DelayError: the delay cannot be scheduled.
         """
-        name = f"{self.message_id}:{len(self._pending)}:{command.queue}:{command.command_type}"
-        derived = uuid.uuid5(_FOLLOW_UP_NAMESPACE, name)
-        envelope, target = self._publisher.prepare(
-            command,
-            delay,
-            at=at,
-            message_id=message_id or str(derived),
-            correlation_id=self.correlation_id or self.message_id,
-        )
-        self._pending.append((envelope, target))
-        return envelope.message_id
-
-    async def flush(self) -> None:
-        """Publish queued follow-ups and wait for their confirms (called by the worker)."""
-        if self._pending:
-            await self._publisher.publish_prepared(self._pending)
-            self._pending.clear()
+        return self.follow_up(command, delay, at=at, message_id=message_id)

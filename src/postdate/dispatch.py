@@ -1,7 +1,8 @@
 """Processing one delivery: decode, hold until due, call the handler, settle the outcome.
 
-Settling follows reliability rule 2: a retry or poison copy (and any follow-up command)
-is confirmed by the broker before the original delivery is acked.
+The decision is :func:`postdate.settle.decide` (pure); this module does the I/O it asks
+for. Settling follows reliability rule 2: a retry or poison copy (and any follow-up
+command) is confirmed by the broker before the original delivery is acked.
 """
 
 from __future__ import annotations
@@ -14,74 +15,77 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aiormq
-import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractMessage
+from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from postdate import metrics
 from postdate.command import Command
 from postdate.consumer import Consumer, Registration
 from postdate.context import Context
-from postdate.envelope import ATTEMPT, Envelope
-from postdate.errors import DelayError, InvalidMessage, PublishReturned
-from postdate.outcomes import Outcome, Retry, Skip
-from postdate.poison import Reason, bounded, poison_message, safe_repr
+from postdate.envelope import Envelope, copy_properties
+from postdate.errors import InvalidMessage
+from postdate.logs import get_logger
+from postdate.outcomes import Outcome, Reason, Skip
 from postdate.publisher import Publisher
-from postdate.topology import poison_queue, retry_queue
+from postdate.retry import RetryPolicy
+from postdate.settle import (
+    Decision,
+    Delivery,
+    Handled,
+    Result,
+    Step,
+    Stopping,
+    TooEarly,
+    Undecodable,
+    after_failed_publish,
+    decide,
+)
 
 HOLD_LIMIT_SECONDS = 1.0
-LAST_ERROR = "x-postdate-last-error"
+_LOST_CHANNEL = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 
-log = structlog.get_logger("postdate.worker")
+log = get_logger(__name__)
 
 
 @dataclass
 class Dispatcher:
-    """Turns each delivery from ``queue`` into exactly one outcome."""
+    """Turns each delivery from a command queue into exactly one outcome.
+
+    ``handler_slots`` bounds handlers running at once; once ``stopping`` is set,
+    deliveries not yet in a handler are left unacked for redelivery.
+    """
 
     app: Consumer
     publisher: Publisher
-    handler_slots: asyncio.Semaphore | None = None  # bounds handlers running at once
-    stopping: bool = False  # set on shutdown: deliveries not yet in a handler stay unacked
+    handler_slots: asyncio.Semaphore | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
 
     async def process(self, message: AbstractIncomingMessage, queue: str) -> Outcome:
+        """Decode, hold, handle and settle ``message`` from ``queue``; returns its outcome."""
         started = time.monotonic()
+        headers = message.headers or {}
         try:
             envelope = Envelope.from_incoming(message)
             registration = self._registration(envelope)
             command = _decode(registration, envelope)
         except Exception as error:  # a validator may raise anything: still invalid input
-            invalid = (
-                error
-                if isinstance(error, InvalidMessage)
-                else InvalidMessage(Reason.SCHEMA, safe_repr(error))
-            )
-            attempt = _attempt_of(message)
-            outcome = await self._poison(message, queue, invalid.reason, attempt, error)
-            self._record(outcome, message, queue, started, attempt=attempt, reason=invalid.reason)
-            return outcome
+            undecodable = Delivery(queue, headers)
+            return await self._settle(message, undecodable, Undecodable(error), None, started)
+        delivery = Delivery(queue, headers, envelope)
         early = (envelope.due_at - datetime.now(UTC)).total_seconds()
         if early > HOLD_LIMIT_SECONDS:
-            outcome = await self._reschedule(message, queue, envelope)
-            self._record(
-                outcome,
-                message,
-                queue,
-                started,
-                attempt=envelope.attempt,
-                early_seconds=round(early, 3),
+            return await self._settle(
+                message, delivery, TooEarly(early), None, started, early_seconds=round(early, 3)
             )
-            return outcome
         if early > 0:
             await asyncio.sleep(early)
             started = time.monotonic()
         metrics.lateness_seconds(queue).observe(
             max(0.0, (datetime.now(UTC) - envelope.due_at).total_seconds())
         )
-        outcome, reason = await self._handle(message, queue, envelope, registration, command)
-        self._record(outcome, message, queue, started, attempt=envelope.attempt, reason=reason)
-        return outcome
+        result = await self._handle(envelope, registration, command)
+        return await self._settle(message, delivery, result, registration.policy, started)
 
     def _registration(self, envelope: Envelope) -> Registration:
         registration = self.app.registrations.get(envelope.type)
@@ -90,105 +94,77 @@ class Dispatcher:
         return registration
 
     async def _handle(
-        self,
-        message: AbstractIncomingMessage,
-        queue: str,
-        envelope: Envelope,
-        registration: Registration,
-        command: Command,
-    ) -> tuple[Outcome, str]:
-        context = Context.for_envelope(envelope, self.publisher, log)
+        self, envelope: Envelope, registration: Registration, command: Command
+    ) -> Result:
+        context = Context.for_envelope(envelope, log)
         try:
             try:
                 # Only the handler takes a slot: a message held for its due time does not.
                 async with self.handler_slots or contextlib.nullcontext():
-                    if self.stopping:
-                        return Outcome.ABANDONED, "worker stopping"  # the broker redelivers
+                    if self.stopping.is_set():
+                        return Stopping()
                     await registration.handler(command, context)
             except Skip as skip:
-                await context.flush()
-                return await self._ack(message, Outcome.SKIPPED), skip.reason
-            await context.flush()
+                await self._send_follow_ups(context)
+                return skip
+            await self._send_follow_ups(context)
         except Exception as error:  # the handler's failure, or its follow-ups' publish
-            return await self._fail(message, queue, envelope, registration, error), safe_repr(error)
-        return await self._ack(message, Outcome.HANDLED), ""
+            return error
+        return Handled
 
-    async def _fail(
+    async def _send_follow_ups(self, context: Context) -> None:
+        if context.follow_ups:
+            await self._publish(context.follow_ups)
+
+    async def _publish(self, envelopes: list[Envelope]) -> None:
+        for failure in await self.publisher.publish_each(envelopes):
+            if failure is not None:
+                raise failure
+
+    async def _settle(
         self,
         message: AbstractIncomingMessage,
-        queue: str,
-        envelope: Envelope,
-        registration: Registration,
-        error: Exception,
+        delivery: Delivery,
+        result: Result,
+        policy: RetryPolicy | None,
+        started: float,
+        **fields: object,
     ) -> Outcome:
-        policy = registration.policy
-        if policy.is_permanent(error):
-            return await self._poison(message, queue, Reason.PERMANENT, envelope.attempt, error)
-        if policy.exhausted(envelope.attempt):
-            return await self._poison(message, queue, Reason.EXHAUSTED, envelope.attempt, error)
-        after = error.after if isinstance(error, Retry) else None
-        tier = policy.tier_for(envelope.attempt, after)
-        copy = envelope.next_attempt(**{LAST_ERROR: bounded(safe_repr(error), 500)})
+        decision = decide(delivery, result, policy, datetime.now(UTC))
+        outcome, reason = await self._execute(message, delivery, decision)
+        self._record(outcome, message, delivery, started, reason=reason, **fields)
+        return outcome
+
+    async def _execute(
+        self, message: AbstractIncomingMessage, delivery: Delivery, decision: Decision
+    ) -> tuple[Outcome, str]:
         try:
-            await self.publisher.publish_to_queue(copy.to_message(), retry_queue(queue, tier))
-        except PublishReturned as missing:  # the tier is gone: park it rather than loop
-            return await self._poison(
-                message, queue, Reason.RETRY_UNAVAILABLE, envelope.attempt, missing
-            )
-        except Exception as exc:
-            return await self._requeue(message, exc)
-        return await self._ack(message, Outcome.RETRIED)
+            if decision.step is Step.COPY_THEN_ACK:
+                copy = copy_properties(message, decision.headers)
+                await self.publisher.republish(message.body, copy, decision.queue)
+            elif decision.step is Step.RESCHEDULE_THEN_ACK and delivery.envelope is not None:
+                await self._publish([delivery.envelope])
+        except Exception as error:
+            fallback = after_failed_publish(decision, delivery, error, datetime.now(UTC))
+            return await self._execute(message, delivery, fallback)
+        if decision.step is Step.LEAVE:
+            return decision.outcome, decision.reason
+        if decision.step is Step.GIVE_BACK:
+            await self._give_back(message, decision.reason)
+            return decision.outcome, decision.reason
+        return await self._ack(message, decision.outcome), decision.reason
 
-    async def _poison(
-        self,
-        message: AbstractIncomingMessage,
-        queue: str,
-        reason: str,
-        attempts: int,
-        error: BaseException,
-    ) -> Outcome:
-        copy = poison_message(
-            message, reason=reason, origin_queue=queue, attempts=attempts, error=error
-        )
-        return await self._settle_with(message, copy, poison_queue(queue), Outcome.POISONED)
-
-    async def _reschedule(
-        self, message: AbstractIncomingMessage, queue: str, envelope: Envelope
-    ) -> Outcome:
-        """Over a second early (e.g. a replayed or hand-published message): back to the ladder."""
-        try:
-            await self.publisher.publish_envelope(envelope)
-        except DelayError as beyond:  # due further out than the ladder reaches
-            return await self._poison(message, queue, "invalid-header", envelope.attempt, beyond)
-        except Exception as exc:
-            return await self._requeue(message, exc)
-        return await self._ack(message, Outcome.RESCHEDULED)
-
-    async def _settle_with(
-        self,
-        message: AbstractIncomingMessage,
-        copy: AbstractMessage,
-        target_queue: str,
-        outcome: Outcome,
-    ) -> Outcome:
-        try:
-            await self.publisher.publish_to_queue(copy, target_queue)
-        except Exception as exc:
-            return await self._requeue(message, exc)
-        return await self._ack(message, outcome)
-
-    async def _requeue(self, message: AbstractIncomingMessage, exc: BaseException) -> Outcome:
+    async def _give_back(self, message: AbstractIncomingMessage, reason: str) -> None:
         """The successor could not be confirmed: give the delivery back, never drop it."""
-        log.error("settle.failed", message_id=message.message_id, error=repr(exc))
+        log.error("settle.failed", message_id=message.message_id, error=reason)
         # If the channel is gone, the broker requeues its unacked deliveries by itself.
-        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+        with contextlib.suppress(*_LOST_CHANNEL):
             await message.nack(requeue=True)
-        return Outcome.ABANDONED
 
     async def _ack(self, message: AbstractIncomingMessage, outcome: Outcome) -> Outcome:
         try:
             await message.ack()
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        except _LOST_CHANNEL as exc:
             # The delivery came on a channel that is gone; its tag means nothing on the
             # new one. The broker redelivers it: a duplicate, which handlers tolerate.
             log.warning("ack.lost", message_id=message.message_id, error=repr(exc))
@@ -199,23 +175,24 @@ class Dispatcher:
         self,
         outcome: Outcome,
         message: AbstractIncomingMessage,
-        queue: str,
+        delivery: Delivery,
         started: float,
         **fields: object,
     ) -> None:
         duration = time.monotonic() - started
         self.outcomes[outcome] += 1
         kind = message.type or ""
-        metrics.messages(queue, kind, outcome.value).inc()
-        metrics.handle_seconds(queue, kind).observe(duration)
+        metrics.messages(delivery.queue, kind, outcome.value).inc()
+        metrics.handle_seconds(delivery.queue, kind).observe(duration)
         level = log.warning if outcome in (Outcome.POISONED, Outcome.ABANDONED) else log.info
         level(
             "message",
             message_id=message.message_id,
             type=kind,
-            queue=queue,
+            queue=delivery.queue,
             outcome=outcome.value,
             duration=round(duration, 4),
+            attempt=delivery.attempt,
             **{key: value for key, value in fields.items() if value not in ("", None)},
         )
 
@@ -227,8 +204,3 @@ def _decode(registration: Registration, envelope: Envelope) -> Command:
         kinds = {error["type"] for error in exc.errors()}
         reason = Reason.INVALID_JSON if "json_invalid" in kinds else Reason.SCHEMA
         raise InvalidMessage(reason, str(exc)) from None
-
-
-def _attempt_of(message: AbstractIncomingMessage) -> int:
-    value = (message.headers or {}).get(ATTEMPT)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1

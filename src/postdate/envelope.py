@@ -12,8 +12,10 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, HeadersType
 
+from postdate.clock import from_epoch_ms, to_epoch_ms
 from postdate.command import Command
 from postdate.errors import InvalidMessage
+from postdate.outcomes import Reason
 
 HEADER_PREFIX = "x-postdate-"
 DUE = "x-postdate-due"  # exact due time, epoch milliseconds
@@ -43,14 +45,6 @@ BROKER_HEADERS = frozenset(
 )
 
 
-def to_epoch_ms(moment: datetime) -> int:
-    return round(moment.timestamp() * 1000)
-
-
-def from_epoch_ms(millis: int) -> datetime:
-    return datetime.fromtimestamp(millis / 1000, tz=UTC)
-
-
 @dataclass(frozen=True)
 class Envelope:
     """One scheduled command as it travels: identity, destination, due time, attempt, body."""
@@ -74,6 +68,7 @@ class Envelope:
         message_id: str | None = None,
         correlation_id: str | None = None,
     ) -> Envelope:
+        """The envelope of a new command, due at ``due_at`` (a fresh uuid4 unless given)."""
         return cls(
             message_id=message_id or str(uuid.uuid4()),
             type=command.command_type,
@@ -84,6 +79,7 @@ class Envelope:
         )
 
     def headers(self) -> HeadersType:
+        """Our own headers (due time, attempt, schema, queue) after any extra ones."""
         return {
             **self.extra_headers,
             DUE: to_epoch_ms(self.due_at),
@@ -93,7 +89,12 @@ class Envelope:
         }
 
     def properties(self, cc: Sequence[str] = ()) -> aiormq.spec.Basic.Properties:
-        """The AMQP properties of this envelope (``CC`` added when given)."""
+        """The AMQP properties of this envelope (``CC`` added when given).
+
+        The only place an envelope becomes AMQP properties; the publisher hands them to
+        aiormq directly (building an ``aio_pika.Message`` first costs about as much again
+        as everything else postdate does per message).
+        """
         headers = self.headers()
         if cc:
             headers["CC"] = list(cc)
@@ -105,21 +106,6 @@ class Envelope:
             correlation_id=self.correlation_id,
             timestamp=self.timestamp,
             message_type=self.type,
-        )
-
-    def to_message(self, cc: list[str] | None = None) -> aio_pika.Message:
-        headers = self.headers()
-        if cc:
-            headers["CC"] = list(cc)
-        return aio_pika.Message(
-            self.body,
-            headers=headers,
-            content_type=CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=self.message_id,
-            correlation_id=self.correlation_id,
-            timestamp=self.timestamp,
-            type=self.type,
         )
 
     def next_attempt(self, **extra_headers: Any) -> Envelope:
@@ -139,25 +125,25 @@ class Envelope:
         """
         headers = dict(message.headers or {})
         if not message.message_id:
-            raise InvalidMessage("missing-header", "message_id property is not set")
+            raise InvalidMessage(Reason.MISSING_HEADER, "message_id property is not set")
         if not message.type:
-            raise InvalidMessage("missing-header", "type property is not set")
+            raise InvalidMessage(Reason.MISSING_HEADER, "type property is not set")
         due_ms = _int_header(headers, DUE)
         attempt = _int_header(headers, ATTEMPT)
         if attempt < 1:
-            raise InvalidMessage("invalid-header", f"{ATTEMPT}={attempt} is below 1")
+            raise InvalidMessage(Reason.INVALID_HEADER, f"{ATTEMPT}={attempt} is below 1")
         queue = headers.get(QUEUE)
         if isinstance(queue, bytes):
             queue = queue.decode(errors="replace")
         if not isinstance(queue, str) or not queue:
-            raise InvalidMessage("missing-header", f"{QUEUE} header is missing")
+            raise InvalidMessage(Reason.MISSING_HEADER, f"{QUEUE} header is missing")
         timestamp = message.timestamp or datetime.now(UTC)
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=UTC)
         own = {DUE, ATTEMPT, SCHEMA, QUEUE}
-        extra = {k: v for k, v in headers.items() if k not in BROKER_HEADERS and k not in own}
+        extra = {k: v for k, v in without_broker_headers(headers).items() if k not in own}
         if not MIN_DUE_MS <= due_ms <= MAX_DUE_MS:
-            raise InvalidMessage("invalid-header", f"{DUE}={due_ms} is not a plausible time")
+            raise InvalidMessage(Reason.INVALID_HEADER, f"{DUE}={due_ms} is not a plausible time")
         return cls(
             message_id=message.message_id,
             type=message.type,
@@ -173,8 +159,32 @@ class Envelope:
 
 def _int_header(headers: dict[str, Any], name: str) -> int:
     if name not in headers:
-        raise InvalidMessage("missing-header", f"{name} header is missing")
+        raise InvalidMessage(Reason.MISSING_HEADER, f"{name} header is missing")
     value = headers[name]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidMessage("invalid-header", f"{name}={value!r} is not an integer")
+        raise InvalidMessage(Reason.INVALID_HEADER, f"{name}={value!r} is not an integer")
     return value
+
+
+def copy_properties(
+    message: AbstractIncomingMessage, headers: HeadersType
+) -> aiormq.spec.Basic.Properties:
+    """The properties of a persistent copy of ``message`` that carries ``headers`` instead.
+
+    For copies of deliveries that may not decode as an envelope (poison, replay).
+    """
+    return aiormq.spec.Basic.Properties(
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=PERSISTENT,
+        headers=headers,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        message_type=message.type,
+    )
+
+
+def without_broker_headers(headers: HeadersType | None) -> HeadersType:
+    """``headers`` minus what the broker wrote (reliability rule 3: never carried along)."""
+    return {key: value for key, value in (headers or {}).items() if key not in BROKER_HEADERS}

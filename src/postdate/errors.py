@@ -1,4 +1,8 @@
-"""The error tree: every error postdate raises derives from :class:`PostdateError`."""
+"""The error tree: every error postdate raises on purpose derives from :class:`PostdateError`.
+
+Errors about a bad argument also derive from the matching builtin (``ValueError`` or
+``TypeError``), so callers who catch those keep working.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,11 @@ class ConfigError(PostdateError, ValueError):
     """A setting is missing or invalid; raised at start-up, before any connection."""
 
 
-class DelayError(PostdateError, ValueError):
+class InvalidArgument(PostdateError, ValueError):
+    """A function or class got an argument it cannot use (a bad retry policy, batch size...)."""
+
+
+class DelayError(InvalidArgument):
     """A delay or due time that cannot be scheduled (too long, naive datetime, negative)."""
 
 
@@ -80,7 +88,10 @@ class PublishTimeout(PublishError):
 
 
 class InvalidMessage(PostdateError):
-    """A delivery cannot be decoded into a command (bad body, headers or type)."""
+    """A delivery cannot be decoded into a command (bad body, headers or type).
+
+    ``reason`` is the :class:`~postdate.Reason` it is parked under in the poison queue.
+    """
 
     def __init__(self, reason: str, detail: str):
         self.reason = reason

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from postdate.errors import DelayError
+from postdate.clock import require_aware
+from postdate.errors import DelayError, InvalidArgument
 
 LEVELS = 28
 MAX_DELAY_SECONDS = 2**LEVELS - 1
@@ -31,12 +32,12 @@ def decode_routing_key(key: str) -> tuple[int, str]:
     """Split a ladder routing key back into ``(seconds, queue)``.
 
     Raises:
-        ValueError: the key does not start with 28 bit words followed by a queue.
+        InvalidArgument: the key does not start with 28 bit words followed by a queue.
     """
     words = key.split(".")
     bits, queue_words = words[:LEVELS], words[LEVELS:]
     if len(bits) != LEVELS or not queue_words or any(bit not in ("0", "1") for bit in bits):
-        raise ValueError(f"not a ladder routing key: {key!r}")
+        raise InvalidArgument(f"not a ladder routing key: {key!r}")
     return int("".join(bits), 2), ".".join(queue_words)
 
 
@@ -55,9 +56,8 @@ def ladder_seconds(due: datetime, now: datetime) -> int:
     Raises:
         DelayError: ``due`` or ``now`` is naive, or the delay is above the ladder's maximum.
     """
-    for name, value in (("due time", due), ("now", now)):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise DelayError(f"{name} {value.isoformat()} is naive: give it a timezone")
+    require_aware(due, "due time")
+    require_aware(now, "now")
     remaining = (due - now).total_seconds()
     seconds = max(0, math.floor(remaining))
     check_seconds(seconds)

@@ -6,13 +6,20 @@ import os
 import socket
 import traceback
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, HeadersType
 
-from postdate.envelope import ATTEMPT, BROKER_HEADERS, HEADER_PREFIX, QUEUE, to_epoch_ms
+from postdate.clock import from_epoch_ms, to_epoch_ms
+from postdate.envelope import (
+    ATTEMPT,
+    HEADER_PREFIX,
+    QUEUE,
+    copy_properties,
+    without_broker_headers,
+)
+from postdate.outcomes import Reason
 from postdate.publisher import Publisher
 from postdate.topology import poison_queue
 
@@ -30,18 +37,6 @@ MAX_MESSAGE_CHARS = 1_000
 MAX_TRACEBACK_CHARS = 4_000
 
 
-class Reason:
-    """Why a message was parked (the value of the reason header)."""
-
-    EXHAUSTED = "attempts-exhausted"
-    PERMANENT = "permanent-error"
-    INVALID_JSON = "invalid-json"
-    SCHEMA = "schema-violation"
-    UNKNOWN_TYPE = "unknown-type"
-    RETRY_UNAVAILABLE = "retry-unavailable"  # the retry tier queue does not exist
-    DELIVERY_LIMIT = "delivery-limit"  # written by the broker: see x-death
-
-
 def safe_repr(error: BaseException) -> str:
     """``repr(error)``, or a stand-in when the error's own ``__repr__`` fails."""
     try:
@@ -51,6 +46,7 @@ def safe_repr(error: BaseException) -> str:
 
 
 def safe_str(error: BaseException) -> str:
+    """``str(error)``, or its :func:`safe_repr` when the error's own ``__str__`` fails."""
     try:
         return str(error)
     except Exception:
@@ -58,56 +54,40 @@ def safe_str(error: BaseException) -> str:
 
 
 def consumer_id() -> str:
+    """``host:pid`` of this process, as poison copies name the consumer that parked them."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def bounded(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, marked when cut."""
     return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
 
 
-def poison_message(
-    original: AbstractIncomingMessage,
+def poison_headers(
+    headers: HeadersType | None,
     *,
-    reason: str,
+    reason: Reason,
     origin_queue: str,
     attempts: int,
+    now: datetime,
     error: BaseException | None = None,
-    detail: str = "",
-) -> aio_pika.Message:
-    """A copy of ``original`` for the poison queue: body byte for byte, properties kept,
-    broker headers dropped, the reason and error added as headers."""
-    headers: HeadersType = {
-        key: value for key, value in (original.headers or {}).items() if key not in BROKER_HEADERS
-    }
-    message_text = detail or (safe_str(error) if error is not None else "")
-    headers.update(
+) -> HeadersType:
+    """The headers of a poison copy: the delivery's own (broker headers dropped), plus
+    the reason, the error, the attempts, when and where it failed."""
+    parked = without_broker_headers(headers)
+    parked.update(
         {
-            REASON: reason,
+            REASON: reason.value,
             ERROR_TYPE: type(error).__qualname__ if error is not None else "",
-            ERROR_MESSAGE: bounded(message_text, MAX_MESSAGE_CHARS),
+            ERROR_MESSAGE: bounded(safe_str(error) if error is not None else "", MAX_MESSAGE_CHARS),
             TRACEBACK: bounded(_traceback_of(error), MAX_TRACEBACK_CHARS),
             ATTEMPTS: attempts,
-            FAILED_AT: to_epoch_ms(datetime.now(UTC)),
+            FAILED_AT: to_epoch_ms(now),
             CONSUMER: consumer_id(),
             ORIGIN_QUEUE: origin_queue,
         }
     )
-    return copy_with_headers(original, headers)
-
-
-def copy_with_headers(message: AbstractIncomingMessage, headers: HeadersType) -> aio_pika.Message:
-    """A persistent copy of ``message``: same body and properties, these headers."""
-    return aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-        type=message.type,
-    )
+    return parked
 
 
 def _traceback_of(error: BaseException | None) -> str:
@@ -137,6 +117,7 @@ class PoisonEntry:
 
     @classmethod
     def from_message(cls, message: AbstractIncomingMessage, queue: str) -> PoisonEntry:
+        """What ``message``, read from the poison queue of ``queue``, says about itself."""
         headers = dict(message.headers or {})
         death = _first_death(headers)
         failed_at = headers.get(FAILED_AT)
@@ -147,11 +128,7 @@ class PoisonEntry:
             error_type=str(headers.get(ERROR_TYPE, "")),
             error_message=str(headers.get(ERROR_MESSAGE, "")),
             attempts=_int_or_none(headers.get(ATTEMPTS, headers.get(ATTEMPT))),
-            failed_at=(
-                datetime.fromtimestamp(failed_at / 1000, UTC)
-                if isinstance(failed_at, int)
-                else None
-            ),
+            failed_at=from_epoch_ms(failed_at) if isinstance(failed_at, int) else None,
             consumer=str(headers.get(CONSUMER, "")),
             origin_queue=str(
                 headers.get(ORIGIN_QUEUE) or headers.get(QUEUE) or death.get("queue") or queue
@@ -176,16 +153,16 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def replay_message(message: AbstractIncomingMessage, entry: PoisonEntry) -> aio_pika.Message:
-    """A fresh copy for the origin queue: attempt 1, poison and broker headers removed."""
-    headers: HeadersType = {
+def replay_headers(headers: HeadersType | None) -> HeadersType:
+    """The headers of a replayed copy: poison and broker headers removed, attempt 1."""
+    replayed = {
         key: value
-        for key, value in (message.headers or {}).items()
-        if key not in BROKER_HEADERS and key not in POISON_HEADERS and key != ORIGIN_QUEUE
+        for key, value in without_broker_headers(headers).items()
+        if key not in POISON_HEADERS and key != ORIGIN_QUEUE
     }
-    if any(key.startswith(HEADER_PREFIX) for key in headers):
-        headers[ATTEMPT] = 1
-    return copy_with_headers(message, headers)
+    if any(key.startswith(HEADER_PREFIX) for key in replayed):
+        replayed[ATTEMPT] = 1
+    return replayed
 
 
 async def list_poison(
@@ -216,6 +193,9 @@ async def replay_poison(
     """Move parked messages back to their origin queue (all, or those in ``message_ids``).
 
     Each copy is confirmed before its poison message is acked. Returns the replayed ids.
+
+    Raises:
+        PublishError: a copy was not confirmed (it stays parked, as do those not reached).
     """
     channel = await connection.channel()
     replayed: list[str] = []
@@ -228,7 +208,8 @@ async def replay_poison(
             if message_ids is not None and message.message_id not in message_ids:
                 continue  # left unacked: returns to the poison queue when the channel closes
             entry = PoisonEntry.from_message(message, queue)
-            await publisher.publish_to_queue(replay_message(message, entry), entry.origin_queue)
+            copy = copy_properties(message, replay_headers(message.headers))
+            await publisher.republish(message.body, copy, entry.origin_queue)
             await message.ack()
             replayed.append(message.message_id or "")
         return replayed

@@ -1,23 +1,23 @@
-"""`Publisher`: send commands into the future through the delay ladder, with confirms."""
+"""`Publisher`: send commands into the future through the delay ladder, with confirms.
+
+Every publish goes through one private path, :meth:`Publisher._confirmed`: a window of
+publishes awaiting confirms together (a single send is a window of one), one timeout per
+window, one in-flight message id bookkeeping, one translation of broker errors.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractMessage,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from postdate import ladder
+from postdate import scheduling
 from postdate.command import Command
 from postdate.connection import connect
 from postdate.declare import declare_topology
@@ -31,59 +31,15 @@ from postdate.errors import (
     PublishReturned,
     PublishTimeout,
 )
+from postdate.scheduling import Route, When
 from postdate.settings import Settings
 from postdate.topology import Names, ladder_topology
 
-When = timedelta | float | int | datetime
-"""A delay (timedelta or seconds) or an aware due datetime."""
-
-# send_many keeps at most this many publishes awaiting confirms at once.
+# At most this many publishes await confirms at once.
 PIPELINE_WINDOW = 5000
 
-
-@dataclass(frozen=True)
-class Route:
-    """Where one publish goes: ``exchange`` ("" is the default exchange) and routing key(s)."""
-
-    exchange: str
-    routing_key: str
-    cc: tuple[str, ...] = ()
-
-
-def route(names: Names, queue: str, seconds: int) -> Route:
-    """Route a delay of ``seconds`` to ``queue``.
-
-    Zero goes to the deliver exchange at once. Otherwise the message enters the ladder
-    queue of its highest set bit by the default exchange (no topic exchange on the publish
-    path), carrying the ladder key in CC: dead-lettering routes on the CC keys too, so
-    each hop's exchange finds the next level from it.
-    """
-    key = ladder.routing_key(seconds, queue)
-    if seconds == 0:
-        return Route(names.deliver, key)
-    return Route("", names.delay_queue(seconds.bit_length() - 1), (key,))
-
-
-def due_time(now: datetime, delay: When | None = None, at: datetime | None = None) -> datetime:
-    """The exact due time of a send, from ``delay`` or ``at`` (not both).
-
-    Raises:
-        DelayError: both or a negative delay given, ``at`` is naive.
-    """
-    if delay is not None and at is not None:
-        raise DelayError("give either delay= or at=, not both")
-    if isinstance(delay, datetime):
-        delay, at = None, delay
-    if at is not None:
-        if at.tzinfo is None or at.utcoffset() is None:
-            raise DelayError(f"at={at.isoformat()} is naive: give it a timezone, e.g. UTC")
-        return at
-    if delay is None:
-        return now
-    span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
-    if span < timedelta(0):
-        raise DelayError(f"delay {span} is negative; for 'at once' give delay=0")
-    return now + span
+Properties = aiormq.spec.Basic.Properties
+_Outgoing = tuple[bytes, Properties, Route]
 
 
 class Publisher:
@@ -93,6 +49,9 @@ class Publisher:
 
         async with Publisher.from_settings() as pub:
             await pub.send(ExpireReservation(order_id=oid), delay=timedelta(days=7))
+
+    ``declare=False`` skips declaring the ladder at start (a worker declares it with the
+    rest of its topology).
     """
 
     def __init__(
@@ -122,6 +81,7 @@ class Publisher:
         return cls(settings=settings or Settings.load(), **kwargs)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Self:
+        """Start; see :meth:`start`."""
         await self.start()
         return self
 
@@ -131,7 +91,13 @@ class Publisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close; see :meth:`close`."""
         await self.close()
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` succeeded and :meth:`close` has not been called since."""
+        return self._channel is not None
 
     async def start(self) -> None:
         """Connect (with retries) and, unless ``declare=False``, declare the ladder.
@@ -182,11 +148,15 @@ class Publisher:
             PublishReturned: the broker had nowhere to route the message.
             PublishNacked: the broker refused the message.
             PublishTimeout: no confirm within the publish timeout.
+            PublishInterrupted: the connection was lost before the confirm.
+            PublisherNotStarted: not started, or closed.
         """
-        envelope, target = self.prepare(
-            command, delay, at=at, message_id=message_id, correlation_id=correlation_id
+        now = datetime.now(UTC)
+        due = scheduling.due_time(now, delay, at)
+        envelope = Envelope.for_command(
+            command, due, message_id=message_id, correlation_id=correlation_id
         )
-        await self._publish(envelope, target)
+        _raise_first(await self.publish_each([envelope], now=now))
         return envelope.message_id
 
     async def send_many(
@@ -200,155 +170,107 @@ class Publisher:
         Raises:
             DelayError: an item's delay cannot be scheduled (nothing published then).
             PublishError: at least one publish failed (the others may have gone out).
+            PublisherNotStarted: not started, or closed.
         """
-        prepared = [
-            self.prepare(command, when, correlation_id=correlation_id) for command, when in items
+        now = datetime.now(UTC)
+        envelopes = [
+            Envelope.for_command(
+                command, scheduling.due_time(now, when), correlation_id=correlation_id
+            )
+            for command, when in items
         ]
-        await self.publish_prepared(prepared)
-        return [envelope.message_id for envelope, _ in prepared]
-
-    async def publish_prepared(self, prepared: Sequence[tuple[Envelope, Route]]) -> None:
-        """Publish prepared envelopes with pipelined confirms; wait for all, then raise
-        the first failure (see :meth:`publish_each` for every item's result)."""
-        for failure in await self.publish_each(prepared):
-            if failure is not None:
-                raise failure
+        _raise_first(await self.publish_each(envelopes, now=now))
+        return [envelope.message_id for envelope in envelopes]
 
     async def publish_each(
-        self, prepared: Sequence[tuple[Envelope, Route]]
+        self, envelopes: Sequence[Envelope], *, now: datetime | None = None
     ) -> list[PostdateError | None]:
-        """Publish prepared envelopes with pipelined confirms, a window of
-        ``PIPELINE_WINDOW`` at a time (each within the publish timeout); returns, per item
-        and in order, None when the broker confirmed it or the typed error otherwise.
+        """Publish envelopes towards their queues at their due times, pipelining confirms.
+
+        The ladder delay of each is the time left until its due time from ``now``, by
+        default from the moment its window of ``PIPELINE_WINDOW`` is published. Returns,
+        per envelope and in order, None when the broker confirmed it, or the typed error
+        (:class:`DelayError` for a due time beyond the ladder's reach, a
+        :class:`PublishError` otherwise).
 
         Raises:
             PublisherNotStarted: not started, or closed.
         """
-        outcomes: list[PostdateError | None] = []
-        for start in range(0, len(prepared), PIPELINE_WINDOW):
-            window = prepared[start : start + PIPELINE_WINDOW]
-            for _, target in window:
-                self._check_route(target)
-            ids = {envelope.message_id for envelope, _ in window}
-            if len(ids) < len(window) or not ids.isdisjoint(self._busy_ids):
-                # aiormq matches a returned message to its publish by message_id: two
-                # in flight with one id could swap a return for a confirm.
-                outcomes.extend([await self._settled(self._publish(e, t)) for e, t in window])
-                continue
-            outcomes.extend(await self._publish_window(window, ids))
-        return outcomes
+        results: list[PostdateError | None] = []
+        for start in range(0, len(envelopes), PIPELINE_WINDOW):
+            window = envelopes[start : start + PIPELINE_WINDOW]
+            planned = _planned(self.names, window, now or datetime.now(UTC))
+            outgoing = [item for item in planned if not isinstance(item, DelayError)]
+            confirmed = iter(await self._confirmed(outgoing))
+            results += [
+                item if isinstance(item, DelayError) else next(confirmed) for item in planned
+            ]
+        return results
 
-    async def _publish_window(
-        self, window: Sequence[tuple[Envelope, Route]], ids: set[str]
-    ) -> list[PostdateError | None]:
-        self._busy_ids.update(dict.fromkeys(ids, asyncio.Event()))
+    async def republish(self, body: bytes, properties: Properties, queue: str) -> None:
+        """Publish a copy of a delivery straight into ``queue``, confirmed (retry, poison
+        and replayed copies).
+
+        Raises:
+            PublishReturned, PublishNacked, PublishTimeout, PublishInterrupted: the
+                publish was not confirmed (see :meth:`send`).
+            PublisherNotStarted: not started, or closed.
+        """
+        _raise_first(await self._confirmed([(body, properties, scheduling.to_queue(queue))]))
+
+    async def _confirmed(self, outgoing: Sequence[_Outgoing]) -> list[PostdateError | None]:
+        results: list[PostdateError | None] = []
+        for start in range(0, len(outgoing), PIPELINE_WINDOW):
+            window = outgoing[start : start + PIPELINE_WINDOW]
+            ids = [properties.message_id or "" for _, properties, _ in window]
+            if len(set(ids)) < len(ids):
+                # aiormq matches a returned message to its publish by message_id: two in
+                # flight with one id could swap a return for a confirm. One at a time.
+                for item in window:
+                    results += await self._confirmed_window([item])
+            else:
+                results += await self._confirmed_window(window)
+        return results
+
+    async def _confirmed_window(self, window: Sequence[_Outgoing]) -> list[PostdateError | None]:
+        ids = [properties.message_id or "" for _, properties, _ in window]
+        await self._claim(ids)
         try:
             async with asyncio.timeout(self.settings.publish_timeout):
                 channel = await self._underlay()
-                results = await asyncio.gather(
+                replies = await asyncio.gather(
                     *(
                         channel.basic_publish(
-                            envelope.body,
+                            body,
                             exchange=target.exchange,
                             routing_key=target.routing_key,
-                            properties=envelope.properties(target.cc),
+                            properties=properties,
                             mandatory=True,
                         )
-                        for envelope, target in window
+                        for body, properties, target in window
                     ),
                     return_exceptions=True,
                 )
         except TimeoutError:
             timeout = PublishTimeout(
-                f"{len(window)} publishes not all confirmed "
-                f"within {self.settings.publish_timeout} s"
+                f"{len(window)} publish(es) not all confirmed within "
+                f"{self.settings.publish_timeout} s (first message {ids[0]})"
             )
             return [timeout] * len(window)
         finally:
             self._release(ids)
         return [
-            None
-            if not isinstance(result, BaseException)
-            else _typed(_translate(result, envelope.message_id, target))
-            for (envelope, target), result in zip(window, results, strict=True)
+            None if not isinstance(reply, BaseException) else _translate(reply, message_id, target)
+            for (_, _, target), message_id, reply in zip(window, ids, replies, strict=True)
         ]
 
-    @staticmethod
-    async def _settled(publish: Awaitable[None]) -> PostdateError | None:
-        try:
-            await publish
-        except PostdateError as error:
-            return error
-        return None
-
-    def prepare(
-        self,
-        command: Command,
-        delay: When | None = None,
-        *,
-        at: datetime | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-        now: datetime | None = None,
-    ) -> tuple[Envelope, Route]:
-        """Compute the envelope and route of one send without publishing it.
-
-        Raises:
-            DelayError: the delay cannot be scheduled.
-        """
-        now = now or datetime.now(UTC)
-        due = due_time(now, delay, at)
-        seconds = ladder.ladder_seconds(due, now)
-        envelope = Envelope.for_command(
-            command, due, message_id=message_id, correlation_id=correlation_id
-        )
-        return envelope, route(self.names, command.queue, seconds)
-
-    async def publish_envelope(self, envelope: Envelope) -> None:
-        """Publish an already-built envelope towards its queue at its due time, confirmed."""
-        seconds = ladder.ladder_seconds(envelope.due_at, datetime.now(UTC))
-        await self._publish(envelope, route(self.names, envelope.queue, seconds))
-
-    async def _publish(self, envelope: Envelope, target: Route) -> None:
-        # Properties straight from the envelope: building an aio_pika.Message first
-        # costs about as much again as everything else postdate does per message.
-        await self._basic_publish(envelope.body, envelope.properties(target.cc), target)
-
-    async def publish_message(self, message: AbstractMessage, target: Route) -> None:
-        """Publish one AMQP message (mandatory, confirmed) along ``target``.
-
-        Raises:
-            PublishReturned, PublishNacked, PublishTimeout: as for :meth:`send`.
-        """
-        await self._basic_publish(message.body, message.properties, target)
-
-    async def _basic_publish(
-        self, body: bytes, properties: aiormq.spec.Basic.Properties, target: Route
-    ) -> None:
-        self._check_route(target)
-        message_id = properties.message_id or ""
-        while message_id in self._busy_ids:  # one publish per message id in flight
-            await self._busy_ids[message_id].wait()
-        self._busy_ids[message_id] = asyncio.Event()
-        try:
-            async with asyncio.timeout(self.settings.publish_timeout):
-                channel = await self._underlay()
-                await channel.basic_publish(
-                    body,
-                    exchange=target.exchange,
-                    routing_key=target.routing_key,
-                    properties=properties,
-                    mandatory=True,
-                )
-        except TimeoutError as exc:
-            raise PublishTimeout(
-                f"no confirm for message {properties.message_id} "
-                f"within {self.settings.publish_timeout} s"
-            ) from exc
-        except Exception as exc:
-            raise _translate(exc, properties.message_id, target) from None
-        finally:
-            self._release((message_id,))
+    async def _claim(self, message_ids: Sequence[str]) -> None:
+        """Wait until none of ``message_ids`` is in flight, then mark them in flight."""
+        for message_id in message_ids:
+            while message_id in self._busy_ids:
+                await self._busy_ids[message_id].wait()
+        claimed = asyncio.Event()
+        self._busy_ids.update(dict.fromkeys(message_ids, claimed))
 
     def _release(self, message_ids: Iterable[str]) -> None:
         for message_id in message_ids:
@@ -361,26 +283,33 @@ class Publisher:
             raise PublisherNotStarted("Publisher is not started: use `async with Publisher(...)`")
         return await self._channel.get_underlay_channel()
 
-    def _check_route(self, target: Route) -> None:
-        if target.exchange not in ("", self.names.deliver):
-            raise ValueError(f"publisher routes by {self.names.deliver!r} or by queue name only")
 
-    async def publish_to_queue(self, message: AbstractMessage, queue: str) -> None:
-        """Publish ``message`` straight into ``queue`` by the default exchange, confirmed."""
-        await self.publish_message(message, Route("", queue))
+def _planned(
+    names: Names, envelopes: Sequence[Envelope], now: datetime
+) -> list[_Outgoing | DelayError]:
+    planned: list[_Outgoing | DelayError] = []
+    for envelope in envelopes:
+        try:
+            target = scheduling.plan(names, envelope, now)
+        except DelayError as beyond:
+            planned.append(beyond)
+            continue
+        planned.append((envelope.body, envelope.properties(target.cc), target))
+    return planned
 
 
-def _typed(error: BaseException) -> PostdateError:
-    """Errors of a pipelined publish as PostdateErrors, so callers get one kind per item."""
-    if isinstance(error, PostdateError):
-        return error
+def _raise_first(results: Iterable[PostdateError | None]) -> None:
+    for failure in results:
+        if failure is not None:
+            raise failure
+
+
+def _translate(error: BaseException, message_id: str, target: Route) -> PostdateError:
+    """The typed error of a failed publish."""
     if not isinstance(error, Exception):
         raise error  # CancelledError and friends are not a publish result
-    return PublishInterrupted(f"publish failed: {error!r}")
-
-
-def _translate(error: BaseException, message_id: str | None, target: Route) -> BaseException:
-    """The typed error for a failed publish (other errors pass through unchanged)."""
+    if isinstance(error, PostdateError):
+        return error
     if isinstance(error, aiormq.exceptions.PublishError):
         reply = getattr(error.frame, "reply_text", "returned")
         return PublishReturned(target.exchange, target.routing_key, str(reply))
@@ -390,17 +319,10 @@ def _translate(error: BaseException, message_id: str | None, target: Route) -> B
         )
     if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
         return PublishReturned(target.exchange, target.routing_key, str(error))
-    lost = (
-        aiormq.exceptions.AMQPError,
-        aiormq.exceptions.ChannelInvalidStateError,
-        ConnectionError,
+    return PublishInterrupted(
+        f"publish of message {message_id} to {target.routing_key!r} was interrupted "
+        f"(connection or channel lost; it may or may not have arrived): {error!r}"
     )
-    if isinstance(error, lost):
-        return PublishInterrupted(
-            f"publish of message {message_id} to {target.routing_key!r} was interrupted "
-            f"(connection or channel lost; it may or may not have arrived): {error!r}"
-        )
-    return error
 
 
-__all__ = ["Publisher", "Route", "When", "due_time", "route"]
+__all__ = ["PIPELINE_WINDOW", "Publisher"]

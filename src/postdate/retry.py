@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from postdate.errors import InvalidArgument
 from postdate.topology import DEFAULT_RETRY_TIERS, format_duration
 
 
@@ -16,6 +17,10 @@ class RetryPolicy:
     failure waits on tier ``n-1`` (the last tier repeats), unless the handler raised
     ``Retry(after=...)``, which picks the shortest tier that is at least that long.
     Exceptions of a ``permanent`` type go to the poison queue at once.
+
+    Raises:
+        InvalidArgument: ``max_attempts`` below 1, no tiers, or tiers that are not
+            distinct positive whole seconds in increasing order.
     """
 
     max_attempts: int = 5
@@ -24,13 +29,13 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+            raise InvalidArgument(f"max_attempts must be at least 1, got {self.max_attempts}")
         if not self.tiers:
-            raise ValueError("a retry policy needs at least one tier")
+            raise InvalidArgument("a retry policy needs at least one tier")
         for tier in self.tiers:
-            format_duration(tier)  # raises ValueError for non-positive or fractional tiers
+            format_duration(tier)  # raises InvalidArgument for non-positive or fractional tiers
         if list(self.tiers) != sorted(set(self.tiers)):
-            raise ValueError("retry tiers must be distinct and in increasing order")
+            raise InvalidArgument("retry tiers must be distinct and in increasing order")
 
     def tier_for(self, attempt: int, after: timedelta | None = None) -> timedelta:
         """The tier that holds the copy after attempt number ``attempt`` failed."""
@@ -39,7 +44,9 @@ class RetryPolicy:
         return self.tiers[min(attempt - 1, len(self.tiers) - 1)]
 
     def exhausted(self, attempt: int) -> bool:
+        """Whether attempt number ``attempt`` was the last one allowed."""
         return attempt >= self.max_attempts
 
     def is_permanent(self, error: BaseException) -> bool:
+        """Whether ``error`` is of a type that no retry can fix."""
         return isinstance(error, self.permanent)

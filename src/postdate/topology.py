@@ -12,6 +12,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any, TypedDict
 
+from postdate.errors import InvalidArgument
 from postdate.ladder import LEVELS
 
 QueueArguments = TypedDict(
@@ -117,7 +118,7 @@ def format_duration(delay: timedelta) -> str:
     """``10s``, ``1m``, ``90s``, ``2h``, ``1d``: the largest unit that divides exactly."""
     seconds = int(delay.total_seconds())
     if seconds <= 0 or seconds != delay.total_seconds():
-        raise ValueError(f"retry delay {delay} must be a positive whole number of seconds")
+        raise InvalidArgument(f"retry delay {delay} must be a positive whole number of seconds")
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"

@@ -40,6 +40,9 @@ async def redeliver_unroutable(
 
     A command whose queue still does not exist comes back to the catch-all queue; each
     message is looked at once per call, so that never loops.
+
+    Raises:
+        PublishError: a command was not confirmed (it stays parked, as do the rest).
     """
     channel = await connection.channel()
     sent = 0
@@ -56,7 +59,9 @@ async def redeliver_unroutable(
                 continue  # not ours: left in place when the channel closes
             if queue is not None and envelope.queue != queue:
                 continue
-            await publisher.publish_envelope(envelope)
+            failure = (await publisher.publish_each([envelope]))[0]
+            if failure is not None:
+                raise failure
             await message.ack()
             sent += 1
         return sent

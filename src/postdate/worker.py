@@ -34,14 +34,16 @@ from postdate.outcomes import Outcome
 from postdate.publisher import Publisher
 from postdate.settings import Settings
 
-log = get_logger("postdate.worker")
+log = get_logger(__name__)
 
 
 class Worker:
     """Runs ``app`` against the broker in ``settings``.
 
     ``prefetch`` bounds deliveries held by this worker, ``concurrency`` the handlers
-    running at once. :meth:`stop` stops consuming, lets running handlers finish within
+    running at once. Retry, poison and follow-up copies go out through ``publisher``:
+    one of its own by default; a given one must be started, and is not closed, by the
+    caller. :meth:`stop` stops consuming, lets running handlers finish within
     ``grace_period`` seconds, and leaves everything else unacked for redelivery.
     """
 
@@ -51,19 +53,25 @@ class Worker:
         settings: Settings | None = None,
         *,
         name: str | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or Settings.load()
         self.name = name or f"postdate-worker-{socket.gethostname()}-{os.getpid()}"
-        self.publisher = Publisher(settings=self.settings, connection_name=f"{self.name}-publish")
+        # A publisher of its own needs no ladder declaration: start() declares it with
+        # the rest of the app's topology.
+        self._owns_publisher = publisher is None
+        self.publisher = publisher or Publisher(
+            settings=self.settings, declare=False, connection_name=f"{self.name}-publish"
+        )
+        self._stopping = asyncio.Event()
         self.dispatcher = Dispatcher(
-            app, self.publisher, asyncio.Semaphore(self.settings.concurrency)
+            app, self.publisher, asyncio.Semaphore(self.settings.concurrency), self._stopping
         )
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[object]] = set()
-        self._stopping = False
         self._stopped = asyncio.Event()
         self._metrics: WSGIServer | None = None
 
@@ -91,7 +99,8 @@ class Worker:
             log.info("worker.metrics", port=self.metrics_port)
         for hook in self.app.startup_hooks:
             await hook()
-        await self.publisher.start()
+        if self._owns_publisher:
+            await self.publisher.start()
         self._connection = await connect(
             self.settings.url,
             name=self.name,
@@ -119,7 +128,7 @@ class Worker:
             assert task is not None
             self._in_flight.add(task)
             try:
-                if self._stopping:
+                if self._stopping.is_set():
                     return  # left unacked: redelivered after we close
                 await self.dispatcher.process(message, queue)
             except Exception:  # a bug of ours: give the delivery back, keep running
@@ -133,11 +142,10 @@ class Worker:
 
     async def stop(self, grace_period: float | None = None) -> None:
         """Stop consuming, finish running handlers within the grace period, then close."""
-        if self._stopping:
+        if self._stopping.is_set():
             await self._stopped.wait()
             return
-        self._stopping = True
-        self.dispatcher.stopping = True
+        self._stopping.set()
         grace = self.settings.grace_period if grace_period is None else grace_period
         await self._cancel_consumers()
         pending = set(self._in_flight)
@@ -150,7 +158,8 @@ class Worker:
                 await asyncio.wait(late, timeout=5)
         if self._connection is not None:
             await self._connection.close()
-        await self.publisher.close()
+        if self._owns_publisher:
+            await self.publisher.close()
         for hook in reversed(self.app.shutdown_hooks):
             try:
                 await hook()

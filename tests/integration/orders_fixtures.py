@@ -1,8 +1,9 @@
-"""Fixtures and helpers of the orders and outbox tests: one database per test, SQLite (a
-temporary file) or PostgreSQL (a schema of its own in ``DATABASE_URL``'s database).
+"""Helpers of the orders and outbox tests: the database of one test, SQLite (a temporary
+file) or PostgreSQL (a schema of its own in ``DATABASE_URL``'s database).
 
-Import the fixtures under their ``*_fixture`` names (``# noqa: F401``). PostgreSQL is
-skipped when it cannot be reached, and fails the test when ``CI=true``.
+The fixtures built on these (``database``, ``postgres``, ``expire_command``, ``store``)
+live in ``tests/integration/conftest.py``, so tests just name them. PostgreSQL is skipped
+when it cannot be reached, and fails the test when ``CI=true``.
 
 Run as a module, it is a relay process the tests kill mid-batch::
 
@@ -14,18 +15,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orders.commands import ExpireReservation, expire_command_for
 from orders.store import OrderStore, make_engine
 from postdate import Publisher, Settings
 from postdate.outbox import OutboxRelay, OutboxRow, RelayHooks
@@ -81,69 +78,6 @@ class Database:
         if self.schema is not None:
             kwargs["connect_args"] = {"server_settings": {"search_path": self.schema}}
         return make_engine(self.url, **kwargs)
-
-
-@pytest.fixture(name="database", params=BACKENDS)
-async def database_fixture(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Database]:
-    """A fresh, empty database: SQLite file, or a PostgreSQL schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield Database("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}")
-        return
-    async for database in _postgres_database():
-        yield database
-
-
-@pytest.fixture(name="postgres")
-async def postgres_fixture() -> AsyncIterator[Database]:
-    """A fresh PostgreSQL schema (for tests that only make sense there)."""
-    async for database in _postgres_database():
-        yield database
-
-
-async def _postgres_database() -> AsyncIterator[Database]:
-    url = await require_postgres()
-    schema = f"orders_t{uuid.uuid4().hex[:12]}"
-    admin = make_engine(url)
-    try:
-        async with admin.begin() as connection:
-            await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        yield Database("postgresql", url, schema)
-    finally:
-        async with admin.begin() as connection:
-            await connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        await admin.dispose()
-
-
-@pytest.fixture(name="expire_command")
-def expire_command_fixture(prefix: str) -> type[ExpireReservation]:
-    """The reminder command on a queue of this test's own."""
-    return expire_command_for(f"{prefix}.orders.expire_reservation")
-
-
-@pytest.fixture(name="store")
-async def store_fixture(
-    database: Database, expire_command: type[ExpireReservation]
-) -> AsyncIterator[OrderStore]:
-    """An order store with its tables created, on the test's database."""
-    store = OrderStore(database.engine(), command=expire_command)
-    await store.create_schema()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.1
-) -> None:
-    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``within`` s."""
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 # --- the relay that gets killed ------------------------------------------------------------

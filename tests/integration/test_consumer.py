@@ -18,13 +18,15 @@ from postdate import (
     Context,
     Outcome,
     Publisher,
+    Reason,
     Retry,
     RetryPolicy,
     Settings,
     Skip,
     Worker,
 )
-from postdate.envelope import ATTEMPT, DUE, QUEUE, SCHEMA, to_epoch_ms
+from postdate.clock import to_epoch_ms
+from postdate.envelope import ATTEMPT, DUE, QUEUE, SCHEMA, Envelope
 from postdate.poison import (
     ATTEMPTS,
     CONSUMER,
@@ -34,7 +36,6 @@ from postdate.poison import (
     ORIGIN_QUEUE,
     REASON,
     TRACEBACK,
-    Reason,
     list_poison,
     replay_poison,
 )
@@ -253,7 +254,7 @@ async def test_follow_up_is_confirmed_before_ack_and_keeps_its_id_on_redelivery(
     async def handle(command: Ping, context: Context) -> None:
         nonlocal calls
         calls += 1
-        follow_ups.append(await context.send(second(n=command.n + 1), delay=1))
+        follow_ups.append(context.follow_up(second(n=command.n + 1), delay=1))
         if calls == 1:
             raise RuntimeError("fails after queueing a follow-up: it is not sent")
 
@@ -366,9 +367,12 @@ async def test_message_far_ahead_of_its_due_time_goes_back_through_the_ladder(
         lateness.append((datetime.now(UTC) - context.due_at).total_seconds())
 
     worker = await start_worker(app)
-    envelope, _ = publisher.prepare(cmd(n=1), 3)  # due in 3 s, but hand-published now
-    channel = await connection.channel()
-    await channel.default_exchange.publish(envelope.to_message(), cmd.queue)
+    envelope = Envelope.for_command(cmd(n=1), datetime.now(UTC) + timedelta(seconds=3))
+    channel = await connection.channel()  # due in 3 s, but hand-published now
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_publish(
+        envelope.body, routing_key=cmd.queue, properties=envelope.properties()
+    )
     await eventually(lambda: worker.outcomes[Outcome.RESCHEDULED] == 1, 5, "rescheduled")
     await eventually(lambda: len(lateness) == 1, 10, "handled at its due time")
     assert 0 <= lateness[0] < 1.0

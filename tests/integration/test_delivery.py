@@ -11,7 +11,8 @@ from datetime import timedelta
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate.envelope import DUE, QUEUE
-from postdate.publisher import Publisher, When
+from postdate.publisher import Publisher
+from postdate.scheduling import When
 from postdate.topology import Names, command_queue_topology
 from tests.helpers import Cleanup, Collector, Ping, Received, command_for, queue_depth
 

@@ -78,7 +78,7 @@ async def test_republished_copy_carries_no_broker_headers(
     assert not set(envelope.extra_headers) & BROKER_HEADERS
 
     # Overdue: straight through the deliver exchange, so no x-death at all.
-    await publisher.publish_envelope(envelope)
+    assert await publisher.publish_each([envelope]) == [None]
     [second] = await collect(connection, queue, 1, timeout=5)
     headers = dict(second.message.headers or {})
     assert not set(headers) & BROKER_HEADERS, headers
@@ -91,7 +91,7 @@ async def test_republished_copy_carries_no_broker_headers(
     later = dataclasses.replace(
         envelope.next_attempt(), due_at=datetime.now(UTC) + timedelta(seconds=1.2)
     )
-    await publisher.publish_envelope(later)
+    assert await publisher.publish_each([later]) == [None]
     [third] = await collect(connection, queue, 1, timeout=5)
     headers = dict(third.message.headers or {})
     assert death_queues(headers) == [f"{prefix}.delay.0"]

@@ -19,13 +19,7 @@ from orders.reminders import Services, build_app
 from orders.store import OrderStore, ReminderOutcome
 from postdate import Outcome, Publisher, RetryPolicy, Settings, Worker, outbox
 from postdate.outbox import OutboxRelay, envelope_for_row
-from tests.helpers import Cleanup
-from tests.integration.orders_fixtures import (  # noqa: F401
-    database_fixture,
-    expire_command_fixture,
-    store_fixture,
-    wait_for,
-)
+from tests.helpers import Cleanup, eventually
 
 HOLD = timedelta(seconds=2)
 FAST = RetryPolicy(max_attempts=5, tiers=(timedelta(seconds=1),))
@@ -92,20 +86,20 @@ async def test_pickups_exit_early_and_expired_orders_are_refunded_exactly_once(
             async with store.sessions() as session:
                 return await outbox.pending_count(session) == 0
 
-        await wait_for(relayed, 10, "the relay to publish every reminder")
+        await eventually(relayed, 10, "the relay to publish every reminder", interval=0.1)
         async with store.sessions() as session:  # deliver every reminder a second time
             for order in placed:
                 row = await outbox.get(session, keys[order.id])
                 assert row is not None
                 assert row.relayed
-                await publisher.publish_envelope(envelope_for_row(row))
+                assert await publisher.publish_each([envelope_for_row(row)]) == [None]
 
         async def settled() -> bool:
             log = await store.reminder_log()
             done = [entry.order_id for entry in log if entry.outcome is not ReminderOutcome.FAILED]
             return all(done.count(order.id) == 2 for order in placed)
 
-        await wait_for(settled, 20, "two settled deliveries of every reminder")
+        await eventually(settled, 20, "two settled deliveries of every reminder", interval=0.1)
     finally:
         await worker.stop()
 

@@ -14,11 +14,6 @@ from orders.domain import InvalidTransition, OrderNotFound, OrderStatus
 from orders.payments import PaymentUnavailable, RecordingGateway
 from orders.store import OrderStore, ReminderOutcome
 from postdate import DelayError, outbox
-from tests.integration.orders_fixtures import (  # noqa: F401
-    database_fixture,
-    expire_command_fixture,
-    store_fixture,
-)
 
 HOLD = timedelta(seconds=5)
 LATER = timedelta(seconds=10)

@@ -20,20 +20,12 @@ from aio_pika.abc import AbstractRobustConnection
 from orders.commands import ExpireReservation, expire_message_id
 from orders.store import OrderStore
 from postdate import Publisher, Settings, outbox
-from postdate.envelope import DUE, to_epoch_ms
+from postdate.clock import to_epoch_ms
+from postdate.envelope import DUE
 from postdate.outbox import OutboxRelay, OutboxRow, RelayHooks
 from postdate.topology import command_queue_topology
 from tests.helpers import Cleanup, collect, queue_depth
-from tests.integration.orders_fixtures import (  # noqa: F401
-    READY,
-    STAGES,
-    Database,
-    database_fixture,
-    expire_command_fixture,
-    postgres_fixture,
-    relay_child_command,
-    store_fixture,
-)
+from tests.integration.orders_fixtures import READY, STAGES, Database, relay_child_command
 
 ROOT = Path(__file__).resolve().parents[2]
 

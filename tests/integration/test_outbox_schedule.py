@@ -13,11 +13,6 @@ from orders.commands import ExpireReservation
 from orders.store import OrderStore
 from postdate import DelayError, outbox
 from postdate.outbox import outbox_table
-from tests.integration.orders_fixtures import (  # noqa: F401
-    database_fixture,
-    expire_command_fixture,
-    store_fixture,
-)
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)  # in the future: "upcoming" from now
 ORDER_A = "a0000000-0000-0000-0000-00000000000a"

@@ -12,7 +12,8 @@ import yarl
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate.errors import BrokerUnavailable, DelayError, PublisherNotStarted, PublishReturned
-from postdate.publisher import Publisher, When
+from postdate.publisher import Publisher
+from postdate.scheduling import When
 from postdate.settings import Settings
 from postdate.topology import command_queue_topology
 from tests.helpers import Cleanup, Ping, command_for, ladder_depths, queue_depth

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import aio_pika
 
+from postdate.clock import from_epoch_ms, to_epoch_ms
 from postdate.command import Command
 from postdate.envelope import (
     ATTEMPT,
@@ -16,8 +17,6 @@ from postdate.envelope import (
     SCHEMA,
     SCHEMA_VERSION,
     Envelope,
-    from_epoch_ms,
-    to_epoch_ms,
 )
 
 DUE_AT = datetime(2030, 5, 17, 8, 30, 15, 123_000, tzinfo=UTC)
@@ -55,18 +54,16 @@ def test_message_ids_are_unique_unless_given() -> None:
     assert Envelope.for_command(command, DUE_AT).type == "orders.Renamed"
 
 
-def test_to_message_fields() -> None:
+def test_properties_fields() -> None:
     envelope = Envelope.for_command(
         ExpireReservation(order_id=ORDER), DUE_AT, message_id="m-1", correlation_id="c-1"
     )
-    message = envelope.to_message()
-    assert isinstance(message, aio_pika.Message)
-    assert message.body == envelope.body
+    message = envelope.properties()
     assert message.content_type == "application/json"
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert message.message_id == "m-1"
     assert message.correlation_id == "c-1"
-    assert message.type == "ExpireReservation"
+    assert message.message_type == "ExpireReservation"
     assert message.timestamp is not None
     assert message.headers == {
         DUE: to_epoch_ms(DUE_AT),
@@ -77,11 +74,12 @@ def test_to_message_fields() -> None:
     assert message.headers[DUE] == 1_905_237_015_123
 
 
-def test_to_message_with_cc() -> None:
+def test_properties_with_cc() -> None:
     envelope = Envelope.for_command(Renamed(n=2), DUE_AT)
-    message = envelope.to_message(["0.0.1.orders.renamed"])
+    message = envelope.properties(["0.0.1.orders.renamed"])
+    assert message.headers is not None
     assert message.headers["CC"] == ["0.0.1.orders.renamed"]
-    assert "CC" not in envelope.to_message([]).headers
+    assert "CC" not in (envelope.properties([]).headers or {})
 
 
 def test_next_attempt_keeps_identity_and_adds_headers() -> None:
@@ -90,8 +88,8 @@ def test_next_attempt_keeps_identity_and_adds_headers() -> None:
     assert again.attempt == 2
     assert again.message_id == envelope.message_id
     assert again.body == envelope.body
-    assert again.to_message().headers[ATTEMPT] == 2
-    assert again.to_message().headers["x-postdate-reason"] == "boom"
+    assert again.headers()[ATTEMPT] == 2
+    assert again.headers()["x-postdate-reason"] == "boom"
     assert again.next_attempt().attempt == 3
     assert envelope.attempt == 1  # frozen: the original is unchanged
 

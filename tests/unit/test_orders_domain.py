@@ -14,7 +14,8 @@ from orders.payments import RecordingGateway, Refund
 from orders.settings import OrdersSettings
 from orders.store import ReminderEntry, ReminderOutcome
 from postdate.errors import CommandDefinitionError
-from postdate.outbox import OutboxRow, envelope_for_row, route_for_row
+from postdate.outbox import OutboxRow, envelope_for_row
+from postdate.scheduling import plan
 from postdate.topology import Names
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -125,11 +126,11 @@ def test_outbox_row_travels_with_its_exact_due_time() -> None:
     assert envelope.due_at == due
     assert envelope.correlation_id == "x"
     assert envelope.body == row.body.encode()
-    target = route_for_row(Names("p"), row, now=NOW)
+    target = plan(Names("p"), envelope, now=NOW)
     assert target.exchange == ""
     assert target.routing_key == "p.delay.6"  # 90 s: highest bit 64
     assert target.cc[0].endswith(".orders.expire_reservation")
-    late = route_for_row(Names("p"), row, now=due + timedelta(hours=1))
+    late = plan(Names("p"), envelope, now=due + timedelta(hours=1))
     assert late.exchange == "p.deliver"  # past due: delivered at once
 
 

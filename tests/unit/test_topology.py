@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postdate import ladder
-from postdate.publisher import route
+from postdate.scheduling import route
 from postdate.topology import (
     PARKING_DELIVERY_LIMIT,
     BindingSpec,

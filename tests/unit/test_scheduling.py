@@ -1,4 +1,4 @@
-"""Publisher.prepare: the envelope and route of a send, computed without a broker."""
+"""The scheduling plan: the due time and route of a send, computed without a broker."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 
 from postdate import ladder
 from postdate.command import Command
+from postdate.envelope import Envelope
 from postdate.errors import DelayError
-from postdate.publisher import Publisher, Route, When
-from postdate.settings import Settings
+from postdate.scheduling import Route, When, due_time, plan
+from postdate.topology import Names
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, 300_000, tzinfo=UTC)
 
@@ -19,13 +20,34 @@ class Expire(Command, queue="orders.expire"):
     order: int
 
 
+class Planner:
+    """What a send does before it publishes: the due time, the envelope, the route."""
+
+    names = Names("p")
+
+    def prepare(
+        self,
+        command: Command,
+        delay: When | None = None,
+        *,
+        at: datetime | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        now: datetime,
+    ) -> tuple[Envelope, Route]:
+        due = due_time(now, delay, at)
+        envelope = Envelope.for_command(
+            command, due, message_id=message_id, correlation_id=correlation_id
+        )
+        return envelope, plan(self.names, envelope, now)
+
+
 @pytest.fixture
-def publisher() -> Publisher:
-    """Not started: prepare needs no connection."""
-    return Publisher(settings=Settings.load(prefix="p"))
+def publisher() -> Planner:
+    return Planner()
 
 
-def test_delay_zero_goes_to_the_deliver_exchange(publisher: Publisher) -> None:
+def test_delay_zero_goes_to_the_deliver_exchange(publisher: Planner) -> None:
     envelope, target = publisher.prepare(Expire(order=1), 0, now=NOW)
     assert target == Route("p.deliver", ladder.routing_key(0, "orders.expire"))
     assert envelope.due_at == NOW
@@ -42,23 +64,23 @@ def test_delay_zero_goes_to_the_deliver_exchange(publisher: Publisher) -> None:
     ],
 )
 def test_delays_enter_the_level_of_their_highest_bit_by_the_default_exchange(
-    publisher: Publisher, delay: When, seconds: int, span: timedelta
+    publisher: Planner, delay: When, seconds: int, span: timedelta
 ) -> None:
     envelope, target = publisher.prepare(Expire(order=1), delay, now=NOW)
     key = ladder.routing_key(seconds, "orders.expire")
     highest = ladder.levels(seconds)[0]
     assert target == Route("", f"p.delay.{highest}", (key,))
-    assert envelope.to_message(list(target.cc)).headers["CC"] == [key]
+    assert (envelope.properties(target.cc).headers or {})["CC"] == [key]
     assert envelope.due_at == NOW + span
 
 
 @pytest.mark.parametrize("delay", [0.5, 0.999, timedelta(milliseconds=1)])
-def test_sub_second_delays_deliver_at_once(publisher: Publisher, delay: When) -> None:
+def test_sub_second_delays_deliver_at_once(publisher: Planner, delay: When) -> None:
     _, target = publisher.prepare(Expire(order=1), delay, now=NOW)
     assert target.exchange == "p.deliver"
 
 
-def test_at(publisher: Publisher) -> None:
+def test_at(publisher: Planner) -> None:
     due = NOW + timedelta(seconds=10, milliseconds=700)
     envelope, target = publisher.prepare(Expire(order=1), at=due, now=NOW)
     assert envelope.due_at == due
@@ -67,20 +89,20 @@ def test_at(publisher: Publisher) -> None:
     assert publisher.prepare(Expire(order=1), due, now=NOW)[1] == target
 
 
-def test_at_in_the_past_delivers_at_once(publisher: Publisher) -> None:
+def test_at_in_the_past_delivers_at_once(publisher: Planner) -> None:
     due = NOW - timedelta(days=1)
     envelope, target = publisher.prepare(Expire(order=1), at=due, now=NOW)
     assert target.exchange == "p.deliver"
     assert envelope.due_at == due
 
 
-def test_no_delay_means_now(publisher: Publisher) -> None:
+def test_no_delay_means_now(publisher: Planner) -> None:
     envelope, target = publisher.prepare(Expire(order=1), now=NOW)
     assert envelope.due_at == NOW
     assert target.exchange == "p.deliver"
 
 
-def test_ids(publisher: Publisher) -> None:
+def test_ids(publisher: Planner) -> None:
     envelope, _ = publisher.prepare(
         Expire(order=1), 5, message_id="idem-1", correlation_id="c-9", now=NOW
     )
@@ -102,7 +124,7 @@ def test_ids(publisher: Publisher) -> None:
     ],
 )
 def test_unschedulable(
-    publisher: Publisher, delay: When | None, at: datetime | None, match: str
+    publisher: Planner, delay: When | None, at: datetime | None, match: str
 ) -> None:
     with pytest.raises(DelayError, match=match):
         publisher.prepare(Expire(order=1), delay, at=at, now=NOW)

@@ -1,0 +1,28 @@
+"""Time as postdate handles it: aware datetimes only, and epoch milliseconds on the wire."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from postdate.errors import DelayError
+
+
+def require_aware(moment: datetime, name: str) -> datetime:
+    """Return ``moment`` if it carries a timezone.
+
+    Raises:
+        DelayError: ``moment`` is naive; the message names it as ``name``.
+    """
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise DelayError(f"{name} {moment.isoformat()} is naive: give it a timezone, e.g. UTC")
+    return moment
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    """``moment`` as whole milliseconds since the Unix epoch."""
+    return round(moment.timestamp() * 1000)
+
+
+def from_epoch_ms(millis: int) -> datetime:
+    """The aware UTC datetime of ``millis`` milliseconds since the Unix epoch."""
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)

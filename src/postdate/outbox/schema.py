@@ -1,0 +1,123 @@
+"""The outbox table: its column type for aware datetimes, its schema and its row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.types import TypeDecorator
+
+from postdate.clock import require_aware
+
+TABLE_NAME = "postdate_outbox"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend.
+
+    Stored as UTC (``timestamptz`` on PostgreSQL, naive UTC text on SQLite) and always
+    read back aware. Binding a naive datetime raises :class:`~postdate.DelayError`.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = require_aware(value, "datetime").astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _bigint_id() -> Column[int]:
+    # SQLite only auto-increments INTEGER PRIMARY KEY, PostgreSQL wants BIGINT for volume.
+    return Column(
+        "id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+
+
+outbox_metadata = MetaData()
+"""The outbox's own metadata: ``await conn.run_sync(outbox_metadata.create_all)``."""
+
+outbox_table = Table(
+    TABLE_NAME,
+    outbox_metadata,
+    _bigint_id(),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("queue", String(255), nullable=False),
+    Column("type", String(255), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("due_at", UTCDateTime(), nullable=False),
+    # The same instant in epoch milliseconds: portable arithmetic for the overview.
+    Column("due_ms", BigInteger, nullable=False),
+    Column("correlation_id", String(255), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime(), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+)
+Index(
+    "ix_postdate_outbox_pending",
+    outbox_table.c.id,
+    postgresql_where=outbox_table.c.sent_at.is_(None),
+    sqlite_where=outbox_table.c.sent_at.is_(None),
+)
+Index("ix_postdate_outbox_due", outbox_table.c.due_ms)
+Index("ix_postdate_outbox_correlation", outbox_table.c.correlation_id, outbox_table.c.due_ms)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One scheduled command as stored in the outbox."""
+
+    id: int
+    message_id: str
+    queue: str
+    type: str
+    body: str
+    due_at: datetime
+    correlation_id: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> OutboxRow:
+        return cls(
+            id=row.id,
+            message_id=row.message_id,
+            queue=row.queue,
+            type=row.type,
+            body=row.body,
+            due_at=row.due_at,
+            correlation_id=row.correlation_id,
+            created_at=row.created_at,
+            sent_at=row.sent_at,
+            attempts=row.attempts,
+            last_error=row.last_error,
+        )
+
+    @property
+    def relayed(self) -> bool:
+        """The relay published this row and the broker confirmed it."""
+        return self.sent_at is not None

@@ -1,0 +1,89 @@
+"""Scheduling as pure values: when a command is due, and where it is published for it.
+
+Every publish of a scheduled command (a send, an outbox row, a message back from the
+worker or the catch-all queue) goes through :func:`plan`, at the moment it is published:
+the ladder's TTLs start when the broker enqueues a message, so the delay it carries is
+the time left until its exact due time *then*. Nothing else computes a route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from postdate import ladder
+from postdate.clock import require_aware
+from postdate.envelope import Envelope
+from postdate.errors import DelayError
+from postdate.topology import Names
+
+When = timedelta | float | int | datetime
+"""A delay (timedelta or seconds) or an aware due datetime."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one publish goes: ``exchange`` ("" is the default exchange) and routing key(s)."""
+
+    exchange: str
+    routing_key: str
+    cc: tuple[str, ...] = ()
+
+
+def due_time(now: datetime, delay: When | None = None, at: datetime | None = None) -> datetime:
+    """The exact due time of a command scheduled at ``now``, from ``delay`` or ``at``.
+
+    No delay and no ``at`` means now; a datetime given as ``delay`` counts as ``at``.
+
+    Raises:
+        DelayError: both given, a negative delay, a naive ``at``, or a due time further
+            away than the ladder reaches.
+    """
+    if delay is not None and at is not None:
+        raise DelayError("give either delay= or at=, not both")
+    if isinstance(delay, datetime):
+        delay, at = None, delay
+    if at is not None:
+        due = require_aware(at, "at=")
+    elif delay is None:
+        due = now
+    else:
+        span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        if span < timedelta(0):
+            raise DelayError(f"delay {span} is negative; for 'at once' give delay=0")
+        due = now + span
+    ladder.ladder_seconds(due, now)  # refuses a due time beyond the ladder's reach
+    return due
+
+
+def route(names: Names, queue: str, seconds: int) -> Route:
+    """Route a delay of ``seconds`` whole seconds to ``queue``.
+
+    Zero goes to the deliver exchange at once. Otherwise the message enters the ladder
+    queue of its highest set bit by the default exchange (no topic exchange on the publish
+    path), carrying the ladder key in CC: dead-lettering routes on the CC keys too, so
+    each hop's exchange finds the next level from it.
+
+    Raises:
+        DelayError: ``seconds`` is negative or above the ladder's maximum.
+    """
+    key = ladder.routing_key(seconds, queue)
+    if seconds == 0:
+        return Route(names.deliver, key)
+    return Route("", names.delay_queue(seconds.bit_length() - 1), (key,))
+
+
+def plan(names: Names, envelope: Envelope, now: datetime) -> Route:
+    """Where ``envelope`` is published at ``now`` to reach its queue at its due time.
+
+    A due time in the past routes for delivery at once.
+
+    Raises:
+        DelayError: the due time is further away than the ladder reaches.
+    """
+    return route(names, envelope.queue, ladder.ladder_seconds(envelope.due_at, now))
+
+
+def to_queue(queue: str) -> Route:
+    """Straight into ``queue`` by the default exchange (retry, poison and replayed copies)."""
+    return Route("", queue)
