@@ -33,6 +33,8 @@ LATENESS_MESSAGES = 2_000
 
 
 def make_command(queue: str) -> type[Command]:
+    """A fresh ``Tick`` command class (a number and a 64-byte payload) on ``queue``."""
+
     class Tick(Command, queue=queue):
         n: int
         payload: str = "x" * 64
@@ -41,6 +43,7 @@ def make_command(queue: str) -> type[Command]:
 
 
 async def fill(publisher: Publisher, command: type[Command], count: int) -> None:
+    """Publish ``count`` immediately due ``command``s with ``send_many``."""
     await publisher.send_many((command(n=n), 0) for n in range(count))  # type: ignore[call-arg]
 
 
@@ -68,6 +71,11 @@ async def raw_consume(connection: AbstractRobustConnection, queue_name: str, cou
 
 
 async def worker_consume(settings: Settings, app: Consumer, count: int) -> float:
+    """Messages per second a ``Worker`` running ``app`` handles ``count`` messages at.
+
+    Raises:
+        TimeoutError: the worker has not handled ``count`` messages within 300 s.
+    """
     worker = Worker(app, settings, name="bench consume worker")
     await worker.start()  # declaring and connecting are not part of the rate
     started, already = time.perf_counter(), worker.outcomes[Outcome.HANDLED]
@@ -82,6 +90,8 @@ async def worker_consume(settings: Settings, app: Consumer, count: int) -> float
 
 
 async def lateness(settings: Settings, publisher: Publisher, prefix: str) -> dict[str, object]:
+    """How late ``LATENESS_MESSAGES`` commands due in 1-5 s reach a worker's handler:
+    percentiles of (handled - due), and how many came early."""
     command = make_command(f"{prefix}.late")
     observed: list[float] = []
     app = Consumer()
@@ -111,6 +121,7 @@ async def lateness(settings: Settings, publisher: Publisher, prefix: str) -> dic
 
 
 async def main() -> None:
+    """Run the consume benchmark against the broker and write ``RESULTS``."""
     configure_logging(level="WARNING", json=True)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings = Settings.load(prefix=prefix, prefetch=PREFETCH, concurrency=PREFETCH)

@@ -67,6 +67,7 @@ async def reserve_run(store: OrderStore, count: int, concurrency: int, *, schedu
 
 
 def summary(with_outbox: list[float], without: list[float]) -> dict[str, Any]:
+    """The rates of both kinds of reserve, their medians, and the ratio of medians."""
     a, b = statistics.median(with_outbox), statistics.median(without)
     return {
         "reserve_with_outbox_per_s": [round(x) for x in with_outbox],
@@ -78,6 +79,7 @@ def summary(with_outbox: list[float], without: list[float]) -> dict[str, Any]:
 
 
 async def alternate(store: OrderStore, concurrency: int) -> dict[str, Any]:
+    """``ROUNDS`` alternating reserve runs without and with the outbox, summarised."""
     with_outbox: list[float] = []
     without: list[float] = []
     for _ in range(ROUNDS):
@@ -87,6 +89,12 @@ async def alternate(store: OrderStore, concurrency: int) -> dict[str, Any]:
 
 
 async def relay_rate(store: OrderStore, settings: Settings) -> dict[str, Any]:
+    """Drain the pending outbox rows with one relay, then ``send_many`` as many commands;
+    the rate of each and their ratio.
+
+    Raises:
+        AssertionError: the relay published a different number of rows than were pending.
+    """
     async with store.sessions() as session:
         rows = await pending_count(session)
     async with Publisher(settings=settings, connection_name="bench outbox") as publisher:
@@ -111,6 +119,7 @@ async def relay_rate(store: OrderStore, settings: Settings) -> dict[str, Any]:
 
 
 async def bench_database(name: str, store: OrderStore, settings: Settings) -> dict[str, Any]:
+    """Create the schema in ``store`` and run the reserve and relay benchmarks on it."""
     await store.create_schema()
     result: dict[str, Any] = {"database": name}
     for concurrency in CONCURRENCY:
@@ -125,6 +134,8 @@ async def bench_database(name: str, store: OrderStore, settings: Settings) -> di
 async def with_postgres(
     run: Callable[[OrderStore], Awaitable[dict[str, Any]]], store_kwargs: dict[str, Any]
 ) -> dict[str, Any]:
+    """``run`` on a store in a temporary PostgreSQL schema (dropped afterwards), with the
+    server's version; a ``skipped`` result when PostgreSQL is not reachable."""
     env = os.environ.get("DATABASE_URL", "")
     url = env if env.startswith("postgresql") else DEFAULT_POSTGRES_URL
     schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -150,6 +161,7 @@ async def with_postgres(
 
 
 async def main() -> dict[str, Any]:
+    """Run the outbox benchmark on SQLite and PostgreSQL; returns the results."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings = Settings.load(prefix=prefix)
     kind = expire_command_for(f"{prefix}.orders.expire_reservation")
@@ -191,6 +203,7 @@ async def main() -> dict[str, Any]:
 
 
 def run() -> None:
+    """Entry point of ``python -m bench.outbox``: run the benchmark, write ``RESULTS``."""
     results = asyncio.run(main())
     write_results(RESULTS, results)
 

@@ -75,6 +75,8 @@ class Reserve(Command, queue="bench.unused"):
 
 
 def command_class(queue: str) -> type[Reserve]:
+    """A ``Reserve`` subclass on ``queue``, keeping the type name ``Reserve``."""
+
     class BenchReserve(Reserve, queue=queue, name="Reserve"):
         pass
 
@@ -82,10 +84,12 @@ def command_class(queue: str) -> type[Reserve]:
 
 
 def sample_body() -> bytes:
+    """The JSON body of one ``Reserve``, for the raw baseline."""
     return Reserve(order_id=str(uuid.uuid4())).model_dump_json().encode()
 
 
 def raw_message(body: bytes) -> aio_pika.Message:
+    """A bare persistent JSON message with a fresh id: what the raw baseline publishes."""
     return aio_pika.Message(
         body,
         content_type="application/json",
@@ -95,6 +99,7 @@ def raw_message(body: bytes) -> aio_pika.Message:
 
 
 async def raw_sequential(channel: AbstractChannel, queue: str, count: int, body: bytes) -> float:
+    """Messages per second of ``count`` confirmed publishes into ``queue``, one at a time."""
     started = time.perf_counter()
     for _ in range(count):
         await channel.default_exchange.publish(raw_message(body), queue, mandatory=True)
@@ -102,6 +107,7 @@ async def raw_sequential(channel: AbstractChannel, queue: str, count: int, body:
 
 
 async def raw_pipelined(channel: AbstractChannel, queue: str, count: int, body: bytes) -> float:
+    """Messages per second of ``count`` confirmed publishes into ``queue``, all at once."""
     exchange = channel.default_exchange
     started = time.perf_counter()
     await asyncio.gather(
@@ -111,6 +117,7 @@ async def raw_pipelined(channel: AbstractChannel, queue: str, count: int, body: 
 
 
 async def postdate_sequential(publisher: Publisher, kind: type[Reserve], count: int) -> float:
+    """Messages per second of ``count`` ``Publisher.send`` calls with ``PARKED_DELAY``."""
     started = time.perf_counter()
     for _ in range(count):
         await publisher.send(kind(order_id=str(uuid.uuid4())), PARKED_DELAY)
@@ -118,6 +125,7 @@ async def postdate_sequential(publisher: Publisher, kind: type[Reserve], count: 
 
 
 async def postdate_pipelined(publisher: Publisher, kind: type[Reserve], count: int) -> float:
+    """Messages per second of one ``Publisher.send_many`` of ``count`` commands."""
     items: list[tuple[Reserve, When]] = [
         (kind(order_id=str(uuid.uuid4())), PARKED_DELAY) for _ in range(count)
     ]
@@ -240,6 +248,7 @@ async def lateness(
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
+    """The median, 99th percentile and maximum of ``values``, rounded to milliseconds."""
     ordered = sorted(values)
 
     def at(fraction: float) -> float:
@@ -249,6 +258,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def purge(connection: AbstractConnection, *queues: str) -> None:
+    """Empty ``queues`` on a channel of its own."""
     channel = await connection.channel(publisher_confirms=False)
     underlay = await channel.get_underlay_channel()
     for queue in queues:
@@ -257,6 +267,7 @@ async def purge(connection: AbstractConnection, *queues: str) -> None:
 
 
 async def main() -> dict[str, Any]:
+    """Run the publish benchmark; returns the results."""
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings = Settings.load(prefix=prefix)
     raw_queue = f"{prefix}.raw"
@@ -338,6 +349,7 @@ async def main() -> dict[str, Any]:
 
 
 def run() -> None:
+    """Entry point of ``python -m bench.publish``: run the benchmark, write ``RESULTS``."""
     results = asyncio.run(main())
     write_results(RESULTS, results)
 

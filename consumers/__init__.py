@@ -1,0 +1,1 @@
+"""Worker entrypoints: consumer apps to run with ``postdate worker MODULE:app``."""

@@ -12,6 +12,8 @@ from postdate import Command, Consumer, Context, RetryPolicy, Skip, run
 
 
 class Remind(Command, queue="example.remind"):
+    """A reminder to log: ``text`` is what to remind of."""
+
     text: str
 
 
@@ -23,6 +25,12 @@ app = Consumer()
     retries=RetryPolicy(max_attempts=3, tiers=(timedelta(seconds=1), timedelta(seconds=5))),
 )
 async def remind(command: Remind, context: Context) -> None:
+    """Log the reminder's text.
+
+    Raises:
+        Skip: the text is empty (nothing to remind).
+        RuntimeError: the text starts with "fail" (to show retries, then poison).
+    """
     if not command.text:
         raise Skip("nothing to remind")
     if command.text.startswith("fail"):

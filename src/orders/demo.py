@@ -110,6 +110,7 @@ async def table_rows(store: OrderStore, ids: set[uuid.UUID]) -> list[Row]:
 
 
 def print_table(rows: Sequence[Row]) -> None:
+    """Print the final table, grouped by what the reminder did."""
     order_by = {EXITED: 0, REFUNDED: 1, RETRIED: 2, NO_OUTCOME: 3}
     header = f"  {'order':<8}  {'amount':>8}  {'status':<9}  {'reminder':<22}  detail"
     print(header)
@@ -134,6 +135,8 @@ async def delete_topology(url: str, topology: Topology) -> None:
 
 
 class Demo:
+    """One demo run from the parsed command line: its store, worker, topology and results."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.seed: int = args.seed if args.seed is not None else random.randrange(10_000)
@@ -155,9 +158,14 @@ class Demo:
         self.ids: set[uuid.UUID] = set()
 
     def say(self, text: str) -> None:
+        """Print ``text`` with the seconds since the demo started."""
         print(f"[{time.monotonic() - self.started:5.1f}s] {text}", flush=True)
 
     async def run(self) -> int:
+        """Run the scenario with the worker and relay going; return the exit status.
+
+        0 when the table matches the database and every reminder settled, else 1.
+        """
         args = self.args
         print("postdate demo: in-store pickup reservations that expire")
         print(f"  broker    {redacted(self.settings.url)} (prefix {self.prefix})")
@@ -185,6 +193,8 @@ class Demo:
         return await self.report(settled)
 
     async def scenario(self, relay: OutboxRelay) -> bool:
+        """Place and reserve the orders, pick some up, and wait until every reminder
+        settled or ``--timeout`` passed; returns whether they settled."""
         args = self.args
         orders = [
             await self.store.place(self.random.randrange(500, 20_000)) for _ in range(args.orders)
@@ -224,6 +234,7 @@ class Demo:
         return max(0.0, left - self.random.uniform(0.5, max(0.6, self.args.hold - 0.5)))
 
     async def pick_up(self, order: Order, after: float) -> None:
+        """After ``after`` seconds, complete ``order`` and note whether it was in time."""
         await asyncio.sleep(after)
         try:
             await self.store.complete(order.id)
@@ -232,6 +243,7 @@ class Demo:
             self.pickups[order.id] = f"too late: {exc}"
 
     async def print_overview(self, example: Order) -> None:
+        """Show the outbox's reminders by due second, and what is coming up for ``example``."""
         async with self.store.sessions() as session:
             buckets = await outbox.schedule_overview(session, timedelta(seconds=1))
         self.say("upcoming reminders by due second (queried from the outbox):")
@@ -247,6 +259,8 @@ class Demo:
             )
 
     async def progress(self) -> bool:
+        """Print one progress line; true once every reminder has an outcome and the
+        outbox is drained."""
         rows = await table_rows(self.store, self.ids)
         async with self.store.sessions() as session:
             pending = await outbox.pending_count(session)
@@ -263,6 +277,8 @@ class Demo:
         return all(row.outcome != NO_OUTCOME for row in rows) and pending == 0
 
     async def report(self, settled: bool) -> int:
+        """Print the table and totals, check them against the database and the worker;
+        return 0 when all agree (and ``settled``), else 1."""
         rows = await table_rows(self.store, self.ids)
         print()
         print_table(rows)
@@ -309,6 +325,8 @@ class Demo:
         return 0
 
     async def close(self) -> None:
+        """Remove the demo's broker objects (best effort), close the store, and delete
+        the temporary directory unless ``--keep``."""
         try:
             await delete_topology(self.settings.url, self.topology)
         except (PostdateError, aiormq.exceptions.AMQPError, OSError) as exc:
@@ -319,6 +337,11 @@ class Demo:
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The demo's command-line arguments, checked.
+
+    Raises:
+        SystemExit: an argument is invalid (argparse prints why and exits with 2).
+    """
     parser = argparse.ArgumentParser(prog="python -m orders.demo", description=__doc__)
     parser.add_argument("--orders", type=int, default=36, help="orders to place (default 36)")
     parser.add_argument("--hold", type=float, default=5.0, help="hold period in seconds (5)")
@@ -341,6 +364,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def main_async(argv: Sequence[str] | None = None) -> int:
+    """Run the demo and clean up after it; returns the exit status (2: a postdate error)."""
     configure_logging("WARNING")
     demo = Demo(parse(argv))
     try:
@@ -353,6 +377,11 @@ async def main_async(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
+    """Entry point of ``python -m orders.demo``.
+
+    Raises:
+        SystemExit: always, with the demo's exit status.
+    """
     sys.exit(asyncio.run(main_async()))
 
 

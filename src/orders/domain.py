@@ -20,6 +20,8 @@ EXPIRY_SLACK = timedelta(seconds=2)
 
 
 class OrderStatus(StrEnum):
+    """Where an order is in its life (stored as its value)."""
+
     PLACED = "placed"
     RESERVED = "reserved"
     COMPLETED = "completed"  # picked up by the customer

@@ -28,6 +28,8 @@ class PaymentUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Refund:
+    """A recorded refund (a ``refunds`` row)."""
+
     id: int
     order_id: uuid.UUID
     amount_cents: int
@@ -37,6 +39,7 @@ class Refund:
 
     @classmethod
     def from_row(cls, row: Row[Any], *, replayed: bool = False) -> Refund:
+        """The refund a ``refunds`` row holds; ``replayed`` marks a repeated key."""
         return cls(
             row.id, row.order_id, row.amount_cents, row.idempotency_key, row.created_at, replayed
         )

@@ -48,6 +48,7 @@ async def _main() -> None:
 
 
 def main() -> None:
+    """Entry point of ``python -m orders.relay``: configure logging and run the relay."""
     configure_logging()
     asyncio.run(_main())
 

@@ -58,6 +58,11 @@ class LazyServices:
 
     @property
     def settings(self) -> OrdersSettings:
+        """The settings given, else loaded from the environment on first access.
+
+        Raises:
+            ValueError: the environment holds an invalid setting.
+        """
         if self._settings is None:
             self._settings = OrdersSettings.load()
         return self._settings
@@ -88,6 +93,7 @@ class LazyServices:
             return self._services
 
     async def close(self) -> None:
+        """Close the store's engine if the services were built; ``get`` builds anew."""
         if self._services is not None:
             await self._services.store.close()
             self._services = None

@@ -32,6 +32,7 @@ class OrdersSettings(BaseSettings):
 
     @property
     def hold(self) -> timedelta:
+        """The hold period, ``hold_seconds`` as a timedelta."""
         return timedelta(seconds=self.hold_seconds)
 
     @classmethod

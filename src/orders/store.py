@@ -83,6 +83,8 @@ class ReminderOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class ReminderEntry:
+    """One ``reminder_log`` row: what one delivery of a reminder did, and when."""
+
     order_id: uuid.UUID
     message_id: str
     attempt: int
@@ -127,6 +129,7 @@ class OrderStore:
 
     @property
     def dialect(self) -> str:
+        """The database's dialect name (``sqlite``, ``postgresql``)."""
         return self.engine.dialect.name
 
     async def create_schema(self) -> None:
@@ -136,11 +139,13 @@ class OrderStore:
             await connection.run_sync(outbox.outbox_metadata.create_all)
 
     async def drop_schema(self) -> None:
+        """Drop the outbox table and the service's tables, with their rows."""
         async with self.engine.begin() as connection:
             await connection.run_sync(outbox.outbox_metadata.drop_all)
             await connection.run_sync(metadata.drop_all)
 
     async def close(self) -> None:
+        """Dispose of the engine and its connection pool."""
         await self.engine.dispose()
 
     # --- commands ---------------------------------------------------------------------
@@ -311,11 +316,13 @@ class OrderStore:
         return _order(row)
 
     async def all_orders(self) -> list[Order]:
+        """Every order, oldest placed first."""
         async with self.sessions() as session:
             result = await session.execute(select(orders).order_by(orders.c.placed_at))
             return [_order(row) for row in result]
 
     async def refunds(self, order_id: uuid.UUID | None = None) -> list[Refund]:
+        """The refunds recorded (of ``order_id`` only, if given), in recording order."""
         query = select(refunds).order_by(refunds.c.id)
         if order_id is not None:
             query = query.where(refunds.c.order_id == order_id)
@@ -323,6 +330,7 @@ class OrderStore:
             return [Refund.from_row(row) for row in await session.execute(query)]
 
     async def reminder_log(self, order_id: uuid.UUID | None = None) -> list[ReminderEntry]:
+        """The reminder log (of ``order_id`` only, if given), in logging order."""
         query = select(reminder_log).order_by(reminder_log.c.id)
         if order_id is not None:
             query = query.where(reminder_log.c.order_id == order_id)

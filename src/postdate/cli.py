@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from postdate.connection import connect
 from postdate.consumer import Consumer
-from postdate.declare import declare_topology, delete_topology
+from postdate.declare import declare_topology, delete_topology, to_definitions
 from postdate.errors import PostdateError
 from postdate.logs import configure_logging
 from postdate.poison import list_poison, purge_poison, replay_poison
@@ -28,7 +28,6 @@ from postdate.topology import (
     ladder_topology,
     poison_queue,
     retry_queue,
-    to_definitions,
 )
 from postdate.unroutable import count_unroutable, redeliver_unroutable
 from postdate.worker import Worker

@@ -36,6 +36,7 @@ def named_url(url: str, connection_name: str) -> str:
 
 
 def redacted(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for logs and error messages)."""
     return str(yarl.URL(url).with_password("***" if yarl.URL(url).password else None))
 
 

@@ -20,6 +20,8 @@ Hook = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Registration:
+    """One handled command type: its class, its handler and its retry policy."""
+
     command: type[Command]
     handler: Handler[Any]
     policy: RetryPolicy

@@ -1,4 +1,5 @@
-"""Apply topology values to a broker, idempotently, with typed errors for mismatches."""
+"""Apply topology values to a broker, idempotently, with typed errors for mismatches; or
+render them as a RabbitMQ definitions file."""
 
 from __future__ import annotations
 
@@ -162,3 +163,42 @@ async def delete_topology(connection: AbstractConnection, topology: Topology) ->
                     await underlay.exchange_delete(name, if_unused=False)
     finally:
         await _close_quietly(channel)
+
+
+def to_definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
+    """Render a topology as a RabbitMQ definitions document (``rabbit/definitions.json``)."""
+    return {
+        "exchanges": [
+            {
+                "name": exchange.name,
+                "vhost": vhost,
+                "type": exchange.type.value,
+                "durable": True,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": dict(exchange.arguments),
+            }
+            for exchange in topology.exchanges
+        ],
+        "queues": [
+            {
+                "name": queue.name,
+                "vhost": vhost,
+                "durable": True,
+                "auto_delete": False,
+                "arguments": dict(queue.arguments),
+            }
+            for queue in topology.queues
+        ],
+        "bindings": [
+            {
+                "source": binding.source,
+                "vhost": vhost,
+                "destination": binding.destination,
+                "destination_type": "exchange" if binding.to_exchange else "queue",
+                "routing_key": binding.routing_key,
+                "arguments": {},
+            }
+            for binding in topology.bindings
+        ],
+    }

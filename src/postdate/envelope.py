@@ -171,18 +171,16 @@ def copy_properties(
 ) -> aiormq.spec.Basic.Properties:
     """The properties of a persistent copy of ``message`` that carries ``headers`` instead.
 
-    For copies of deliveries that may not decode as an envelope (poison, replay).
+    For copies of deliveries that may not decode as an envelope (retry, poison, replay).
+    A per-message TTL and a user id are not copied: the copy must not expire where it is
+    parked, nor be refused for a user id that is not the publisher's.
     """
-    return aiormq.spec.Basic.Properties(
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=PERSISTENT,
-        headers=headers,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-        message_type=message.type,
-    )
+    properties = message.properties
+    properties.headers = headers
+    properties.delivery_mode = PERSISTENT
+    properties.expiration = None
+    properties.user_id = None
+    return properties
 
 
 def without_broker_headers(headers: HeadersType | None) -> HeadersType:

@@ -40,5 +40,6 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """The structlog logger of module ``name`` (configured by :func:`configure_logging`)."""
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger

@@ -29,16 +29,19 @@ LATENESS_SECONDS = Histogram(
 # second over a handful of label sets, so keep the children.
 @functools.cache
 def messages(queue: str, kind: str, outcome: str) -> Counter:
+    """The counter of settled messages with these labels."""
     return MESSAGES.labels(queue, kind, outcome)
 
 
 @functools.cache
 def handle_seconds(queue: str, kind: str) -> Histogram:
+    """The histogram of handling durations with these labels."""
     return HANDLE_SECONDS.labels(queue, kind)
 
 
 @functools.cache
 def lateness_seconds(queue: str) -> Histogram:
+    """The histogram of how late after their due time handlers got messages of ``queue``."""
     return LATENESS_SECONDS.labels(queue)
 
 

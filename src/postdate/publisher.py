@@ -94,11 +94,6 @@ class Publisher:
         """Close; see :meth:`close`."""
         await self.close()
 
-    @property
-    def started(self) -> bool:
-        """Whether :meth:`start` succeeded and :meth:`close` has not been called since."""
-        return self._channel is not None
-
     async def start(self) -> None:
         """Connect (with retries) and, unless ``declare=False``, declare the ladder.
 

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
 
     @property
     def url(self) -> str:
+        """The broker URL as a string."""
         return str(self.rabbitmq_url)
 
     @classmethod

@@ -1,8 +1,7 @@
 """Topology as values: small pure functions compute exchanges, queues and bindings.
 
-The declarer (:mod:`postdate.declare`) applies these values to a broker, and
-:func:`to_definitions` renders the same values as a RabbitMQ definitions file, so code
-and broker config never drift.
+:mod:`postdate.declare` applies these values to a broker, or renders them as a RabbitMQ
+definitions file (``rabbit/definitions.json``), so code and broker config never drift.
 """
 
 from __future__ import annotations
@@ -33,30 +32,42 @@ ExchangeArguments = TypedDict("ExchangeArguments", {"alternate-exchange": str}, 
 
 
 class QueueType(StrEnum):
+    """``x-queue-type``: every postdate queue is a replicated quorum queue."""
+
     QUORUM = "quorum"
 
 
 class Overflow(StrEnum):
+    """``x-overflow``: a full ladder level refuses publishes (nacks) rather than drop."""
+
     REJECT_PUBLISH = "reject-publish"
 
 
 class DeadLetterStrategy(StrEnum):
+    """``x-dead-letter-strategy``: at-least-once, so a hop never loses a message."""
+
     AT_LEAST_ONCE = "at-least-once"
 
 
 class ExchangeType(StrEnum):
+    """The exchange types postdate declares."""
+
     TOPIC = "topic"
     FANOUT = "fanout"
 
 
 @dataclass(frozen=True)
 class QueueSpec:
+    """A durable queue to declare: its name and x- arguments."""
+
     name: str
     arguments: QueueArguments
 
 
 @dataclass(frozen=True)
 class ExchangeSpec:
+    """A durable exchange to declare: its name, type and arguments."""
+
     name: str
     type: ExchangeType
     arguments: ExchangeArguments = field(default_factory=lambda: ExchangeArguments())
@@ -64,6 +75,8 @@ class ExchangeSpec:
 
 @dataclass(frozen=True)
 class BindingSpec:
+    """A binding from exchange ``source`` to a queue (or, ``to_exchange``, an exchange)."""
+
     source: str
     destination: str
     routing_key: str
@@ -72,6 +85,8 @@ class BindingSpec:
 
 @dataclass(frozen=True)
 class Topology:
+    """Exchanges, queues and bindings as values; ``+`` joins two topologies."""
+
     exchanges: tuple[ExchangeSpec, ...] = ()
     queues: tuple[QueueSpec, ...] = ()
     bindings: tuple[BindingSpec, ...] = ()
@@ -91,13 +106,16 @@ class Names:
     prefix: str
 
     def delay_queue(self, level: int) -> str:
+        """Ladder level ``level``'s queue (TTL ``2**level`` s)."""
         return f"{self.prefix}.delay.{level}"
 
     def after_exchange(self, level: int) -> str:
+        """The exchange ladder level ``level`` dead-letters into."""
         return f"{self.prefix}.after.{level}"
 
     @property
     def deliver(self) -> str:
+        """The topic exchange that routes a due command to its command queue."""
         return f"{self.prefix}.deliver"
 
     @property
@@ -107,15 +125,25 @@ class Names:
 
 
 def retry_queue(queue: str, delay: timedelta) -> str:
+    """The retry tier queue of command queue ``queue`` that holds copies for ``delay``.
+
+    Raises:
+        InvalidArgument: ``delay`` is not a positive whole number of seconds.
+    """
     return f"{queue}.retry.{format_duration(delay)}"
 
 
 def poison_queue(queue: str) -> str:
+    """The poison queue of command queue ``queue``."""
     return f"{queue}.poison"
 
 
 def format_duration(delay: timedelta) -> str:
-    """``10s``, ``1m``, ``90s``, ``2h``, ``1d``: the largest unit that divides exactly."""
+    """``10s``, ``1m``, ``90s``, ``2h``, ``1d``: the largest unit that divides exactly.
+
+    Raises:
+        InvalidArgument: ``delay`` is not a positive whole number of seconds.
+    """
     seconds = int(delay.total_seconds())
     if seconds <= 0 or seconds != delay.total_seconds():
         raise InvalidArgument(f"retry delay {delay} must be a positive whole number of seconds")
@@ -126,6 +154,7 @@ def format_duration(delay: timedelta) -> str:
 
 
 def quorum(**extra: Any) -> QueueArguments:
+    """Arguments of a quorum queue, plus ``extra``."""
     arguments: QueueArguments = {"x-queue-type": QueueType.QUORUM.value}
     arguments.update(extra)  # type: ignore[typeddict-item]
     return arguments
@@ -242,42 +271,3 @@ def command_queue_topology(
     )
     binding = BindingSpec(Names(prefix).deliver, queue, command_queue_pattern(queue))
     return Topology(queues=tuple(queues), bindings=(binding,))
-
-
-def to_definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
-    """Render a topology as a RabbitMQ definitions document (``rabbit/definitions.json``)."""
-    return {
-        "exchanges": [
-            {
-                "name": exchange.name,
-                "vhost": vhost,
-                "type": exchange.type.value,
-                "durable": True,
-                "auto_delete": False,
-                "internal": False,
-                "arguments": dict(exchange.arguments),
-            }
-            for exchange in topology.exchanges
-        ],
-        "queues": [
-            {
-                "name": queue.name,
-                "vhost": vhost,
-                "durable": True,
-                "auto_delete": False,
-                "arguments": dict(queue.arguments),
-            }
-            for queue in topology.queues
-        ],
-        "bindings": [
-            {
-                "source": binding.source,
-                "vhost": vhost,
-                "destination": binding.destination,
-                "destination_type": "exchange" if binding.to_exchange else "queue",
-                "routing_key": binding.routing_key,
-                "arguments": {},
-            }
-            for binding in topology.bindings
-        ],
-    }

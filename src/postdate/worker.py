@@ -82,6 +82,7 @@ class Worker:
 
     @property
     def outcomes(self) -> Counter[Outcome]:
+        """How many deliveries ended in each outcome since this worker was made."""
         return self.dispatcher.outcomes
 
     async def start(self) -> None:

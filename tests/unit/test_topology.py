@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postdate import ladder
+from postdate.declare import to_definitions
 from postdate.scheduling import route
 from postdate.topology import (
     PARKING_DELIVERY_LIMIT,
@@ -22,7 +23,6 @@ from postdate.topology import (
     command_queue_pattern,
     command_queue_topology,
     ladder_topology,
-    to_definitions,
 )
 
 PREFIXES = ["postdate", "a.b-c.d_e.f9"]  # one word, and the longest allowed: 4 words

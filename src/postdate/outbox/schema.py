@@ -37,12 +37,18 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """The value as stored: UTC, naive on SQLite.
+
+        Raises:
+            DelayError: ``value`` is naive.
+        """
         if value is None:
             return None
         value = require_aware(value, "datetime").astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """The stored value as an aware UTC datetime."""
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -103,6 +109,7 @@ class OutboxRow:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> OutboxRow:
+        """The row of a ``SELECT`` on :data:`outbox_table`."""
         return cls(
             id=row.id,
             message_id=row.message_id,
