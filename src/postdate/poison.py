@@ -58,9 +58,16 @@ def consumer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+TRUNCATED = "...[truncated]"
+
+
 def bounded(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` characters, marked when cut."""
-    return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
+    """``text`` cut to at most ``limit`` characters, marked when cut (if the mark fits)."""
+    if len(text) <= limit:
+        return text
+    if limit <= len(TRUNCATED):
+        return text[: max(0, limit)]
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
 
 
 def poison_headers(

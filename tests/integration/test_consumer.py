@@ -312,6 +312,7 @@ async def test_poison_replay_sends_the_message_back_as_attempt_one(
     await eventually(lambda: worker.outcomes[Outcome.POISONED] == 1, 10, "poisoned")
     [entry] = await list_poison(connection, cmd.queue)
     assert entry.message_id == message_id and entry.reason == Reason.EXHAUSTED
+
     # Listing keeps it: back in the queue once the broker processed the channel's close.
     async def parked_again() -> bool:
         return await queue_depth(connection, poison_queue(cmd.queue)) == 1

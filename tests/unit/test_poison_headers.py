@@ -1,0 +1,354 @@
+"""Headers of poison and replayed copies, and the helpers that keep them safe and bounded."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from aio_pika.abc import HeadersType
+
+from postdate.envelope import ATTEMPT, BROKER_HEADERS, DUE, QUEUE, SCHEMA
+from postdate.outcomes import Reason
+from postdate.poison import (
+    ATTEMPTS,
+    CONSUMER,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    FAILED_AT,
+    MAX_MESSAGE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    ORIGIN_QUEUE,
+    POISON_HEADERS,
+    REASON,
+    TRACEBACK,
+    bounded,
+    consumer_id,
+    poison_headers,
+    replay_headers,
+    safe_repr,
+    safe_str,
+)
+
+NOW = datetime(2030, 1, 1, 0, 0, 0, 123_000, tzinfo=UTC)
+NOW_MS = 1_893_456_000_123
+MARK = "...[truncated]"
+
+BROKER: HeadersType = {
+    "x-death": [{"queue": "q", "reason": "rejected", "count": 3}],
+    "x-first-death-exchange": "",
+    "x-first-death-queue": "q",
+    "x-first-death-reason": "rejected",
+    "x-last-death-exchange": "",
+    "x-last-death-queue": "q",
+    "x-last-death-reason": "rejected",
+    "x-delivery-count": 5,
+    "CC": ["key"],
+    "BCC": ["hidden"],
+}
+OWN: HeadersType = {DUE: 1_893_455_000_000, ATTEMPT: 3, SCHEMA: 1, QUEUE: "orders.expire"}
+
+
+class BadRepr(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("repr fails")
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str fails")
+
+
+class BadBoth(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("repr fails")
+
+    def __str__(self) -> str:
+        raise RuntimeError("str fails")
+
+
+class NotAString(Exception):
+    def __str__(self) -> str:
+        return 42  # type: ignore[return-value]
+
+
+def raised(error: BaseException) -> BaseException:
+    try:
+        raise error
+    except BaseException as caught:
+        return caught
+
+
+def park(
+    headers: HeadersType | None,
+    error: BaseException | None = None,
+    *,
+    now: datetime = NOW,
+    reason: Reason = Reason.EXHAUSTED,
+) -> HeadersType:
+    return poison_headers(
+        headers, reason=reason, origin_queue="orders.expire", attempts=3, now=now, error=error
+    )
+
+
+# --- poison_headers ----------------------------------------------------------------------
+
+
+def test_poison_headers_in_full() -> None:
+    parked = park({**BROKER, **OWN, "x-trace": "t-1"}, ValueError("bad amount"))
+    assert parked == {
+        **OWN,
+        "x-trace": "t-1",
+        REASON: "attempts-exhausted",
+        ERROR_TYPE: "ValueError",
+        ERROR_MESSAGE: "bad amount",
+        TRACEBACK: "",  # never raised: no traceback
+        ATTEMPTS: 3,
+        FAILED_AT: NOW_MS,
+        CONSUMER: f"{socket.gethostname()}:{os.getpid()}",
+        ORIGIN_QUEUE: "orders.expire",
+    }
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(None, id="none"),
+        pytest.param({}, id="empty"),
+        pytest.param(dict(BROKER), id="broker-only"),
+    ],
+)
+def test_poison_headers_without_own_headers(headers: HeadersType | None) -> None:
+    parked = park(headers, KeyError("k"))
+    assert set(parked) == {*POISON_HEADERS, ORIGIN_QUEUE}
+
+
+@pytest.mark.parametrize("broker_header", sorted(BROKER_HEADERS))
+def test_poison_headers_drop_each_broker_header(broker_header: str) -> None:
+    headers: HeadersType = {**OWN, broker_header: "set by the broker"}
+    parked = park(headers)
+    assert broker_header not in parked
+    assert parked[ATTEMPT] == 3
+    assert broker_header in headers  # the delivery's headers are not changed
+
+
+def test_poison_headers_overwrite_stale_poison_headers() -> None:
+    stale: HeadersType = {REASON: "old", ERROR_TYPE: "Old", ATTEMPTS: 99, ORIGIN_QUEUE: "other"}
+    parked = park({**OWN, **stale}, ValueError("new"), reason=Reason.PERMANENT)
+    assert parked[REASON] == "permanent-error"
+    assert parked[ERROR_TYPE] == "ValueError"
+    assert parked[ATTEMPTS] == 3
+    assert parked[ORIGIN_QUEUE] == "orders.expire"
+
+
+@pytest.mark.parametrize("reason", list(Reason), ids=[reason.name for reason in Reason])
+def test_poison_headers_reason_is_the_plain_value(reason: Reason) -> None:
+    value = park(OWN, reason=reason)[REASON]
+    assert value == reason.value
+    assert type(value) is str
+
+
+@pytest.mark.parametrize(
+    ("now", "millis"),
+    [
+        pytest.param(NOW, NOW_MS, id="utc"),
+        pytest.param(datetime(1970, 1, 1, 0, 0, 1, 500_000, tzinfo=UTC), 1_500, id="epoch+1.5s"),
+        pytest.param(
+            datetime(1970, 1, 1, 2, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+            1_000,
+            id="other-offset",
+        ),
+        pytest.param(datetime(2030, 1, 1, 0, 0, 0, 123_456, tzinfo=UTC), NOW_MS, id="sub-ms"),
+    ],
+)
+def test_poison_headers_failed_at_epoch_ms(now: datetime, millis: int) -> None:
+    failed_at = park(OWN, now=now)[FAILED_AT]
+    assert failed_at == millis
+    assert type(failed_at) is int
+
+
+@pytest.mark.parametrize(
+    ("error", "error_type", "message"),
+    [
+        pytest.param(None, "", "", id="no-error"),
+        pytest.param(ValueError("bad"), "ValueError", "bad", id="value-error"),
+        pytest.param(KeyError("k"), "KeyError", "'k'", id="key-error-str"),
+        pytest.param(BadStr("x"), "BadStr", "BadStr('x')", id="failing-str-uses-repr"),
+        pytest.param(
+            BadBoth("x"), "BadBoth", "<BadBoth with a failing __repr__>", id="failing-both"
+        ),
+        pytest.param(BadRepr("fine"), "BadRepr", "fine", id="failing-repr-str-works"),
+        pytest.param(NotAString(), "NotAString", "NotAString()", id="str-returns-int"),
+        pytest.param(TimeoutError(), "TimeoutError", "", id="empty-message"),
+    ],
+)
+def test_poison_headers_error_type_and_message(
+    error: BaseException | None, error_type: str, message: str
+) -> None:
+    parked = park(OWN, error)
+    assert parked[ERROR_TYPE] == error_type
+    assert parked[ERROR_MESSAGE] == message
+
+
+@pytest.mark.parametrize(
+    ("length", "cut"),
+    [
+        pytest.param(10, False, id="short"),
+        pytest.param(MAX_MESSAGE_CHARS, False, id="exactly-at-limit"),
+        pytest.param(MAX_MESSAGE_CHARS + 1, True, id="one-over"),
+        pytest.param(100_000, True, id="huge"),
+    ],
+)
+def test_poison_headers_bound_the_message(length: int, cut: bool) -> None:
+    text = "m" * length
+    message = park(OWN, RuntimeError(text))[ERROR_MESSAGE]
+    assert isinstance(message, str)
+    assert len(message) <= MAX_MESSAGE_CHARS
+    assert message.endswith(MARK) is cut
+    assert (message == text) is not cut
+    assert message.startswith("m" * min(length, 100))
+
+
+def test_poison_headers_traceback_of_a_raised_error() -> None:
+    trace = park(OWN, raised(ValueError("bad amount")))[TRACEBACK]
+    assert isinstance(trace, str)
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "in raised" in trace
+    assert trace.rstrip().endswith("ValueError: bad amount")
+
+
+def test_poison_headers_traceback_is_bounded() -> None:
+    parked = park(OWN, raised(RuntimeError("t" * 20_000)))
+    trace = parked[TRACEBACK]
+    assert isinstance(trace, str)
+    assert len(trace) <= MAX_TRACEBACK_CHARS
+    assert trace.startswith("Traceback (most recent call last):")
+    assert trace.endswith(MARK)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(BadStr("x"), id="failing-str"),
+        pytest.param(BadRepr("x"), id="failing-repr"),
+        pytest.param(BadBoth("x"), id="failing-both"),
+    ],
+)
+def test_poison_headers_of_a_raised_error_that_cannot_be_printed(error: Exception) -> None:
+    parked = park(OWN, raised(error))
+    trace = parked[TRACEBACK]
+    assert isinstance(trace, str)
+    assert type(error).__qualname__ in trace
+    assert parked[ERROR_TYPE] == type(error).__qualname__
+
+
+def test_consumer_id_is_host_and_pid() -> None:
+    host, _, pid = consumer_id().rpartition(":")
+    assert host == socket.gethostname()
+    assert pid == str(os.getpid())
+
+
+# --- replay_headers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "replayed"),
+    [
+        pytest.param(
+            park({**BROKER, **OWN, "x-trace": "t-1"}, ValueError("bad")),
+            {**OWN, ATTEMPT: 1, "x-trace": "t-1"},
+            id="poison-copy-of-a-command",
+        ),
+        pytest.param(
+            {**OWN, ATTEMPT: 7},
+            {**OWN, ATTEMPT: 1},
+            id="attempt-reset",
+        ),
+        pytest.param(
+            {DUE: 5, "x-postdate-last-error": "RuntimeError('x')"},
+            {DUE: 5, "x-postdate-last-error": "RuntimeError('x')", ATTEMPT: 1},
+            id="attempt-added-when-postdate-headers",
+        ),
+        pytest.param(
+            park({**BROKER, "app": "legacy"}, ValueError("bad")),
+            {"app": "legacy"},
+            id="foreign-message-no-attempt",
+        ),
+        pytest.param(
+            park(None, ValueError("bad")),
+            {},
+            id="only-poison-headers",
+        ),
+        pytest.param(dict(BROKER), {}, id="only-broker-headers"),
+        pytest.param(None, {}, id="none"),
+        pytest.param({}, {}, id="empty"),
+        pytest.param(
+            {"X-Postdate-Due": 1, "app": "v"}, {"X-Postdate-Due": 1, "app": "v"}, id="case-matters"
+        ),
+    ],
+)
+def test_replay_headers(headers: HeadersType | None, replayed: HeadersType) -> None:
+    before = dict(headers) if headers is not None else None
+    assert replay_headers(headers) == replayed
+    assert headers == before  # input left alone
+
+
+def test_replay_removes_every_poison_header() -> None:
+    replayed = replay_headers(park({**BROKER, **OWN}, raised(ValueError("bad"))))
+    assert not (set(POISON_HEADERS) | {ORIGIN_QUEUE} | BROKER_HEADERS) & replayed.keys()
+    assert replayed[ATTEMPT] == 1
+
+
+# --- bounded, safe_repr, safe_str --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        pytest.param("", 20, "", id="empty"),
+        pytest.param("short", 20, "short", id="under"),
+        pytest.param("x" * 20, 20, "x" * 20, id="at-limit"),
+        pytest.param("x" * 21, 20, "x" * 6 + MARK, id="one-over"),
+        pytest.param(
+            "abcdefghijklmnopqrstuvwxyz" * 4, 30, "abcdefghijklmnop" + MARK, id="keeps-head"
+        ),
+        pytest.param("y" * 10_000, 1_000, "y" * 986 + MARK, id="long"),
+    ],
+)
+def test_bounded(text: str, limit: int, expected: str) -> None:
+    result = bounded(text, limit)
+    assert result == expected
+    assert len(result) <= limit
+
+
+@pytest.mark.parametrize("limit", [1, 10, 14], ids=["limit-1", "limit-10", "limit-14"])
+def test_bounded_never_exceeds_small_limits(limit: int) -> None:
+    assert len(bounded("z" * 100, limit)) <= limit
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(ValueError("boom"), "ValueError('boom')", id="plain"),
+        pytest.param(BadStr("x"), "BadStr('x')", id="failing-str-repr-works"),
+        pytest.param(BadRepr("x"), "<BadRepr with a failing __repr__>", id="failing-repr"),
+        pytest.param(BadBoth("x"), "<BadBoth with a failing __repr__>", id="failing-both"),
+    ],
+)
+def test_safe_repr(error: BaseException, expected: str) -> None:
+    assert safe_repr(error) == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(ValueError("boom"), "boom", id="plain"),
+        pytest.param(BadRepr("fine"), "fine", id="failing-repr-str-works"),
+        pytest.param(BadStr("x"), "BadStr('x')", id="failing-str"),
+        pytest.param(BadBoth("x"), "<BadBoth with a failing __repr__>", id="failing-both"),
+        pytest.param(NotAString(), "NotAString()", id="str-returns-int"),
+    ],
+)
+def test_safe_str(error: BaseException, expected: str) -> None:
+    assert safe_str(error) == expected
