@@ -273,3 +273,30 @@ async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
     if inspect.isawaitable(result):
         return bool(await result)
     return result
+
+
+async def open_connection_names() -> list[str]:
+    """Client-given names of the connections open on the local broker (``rabbitmqctl``);
+    skips the calling test where rabbitmqctl cannot answer."""
+    import pytest
+
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "-q",
+            "list_connections",
+            "client_properties",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        pytest.skip("rabbitmqctl is not installed here: cannot list the broker's connections")
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    if process.returncode != 0:
+        pytest.skip("rabbitmqctl could not list the broker's connections (remote broker?)")
+    marker = '{"connection_name","'
+    names = []
+    for line in output.decode().splitlines():
+        if marker in line:
+            names.append(line.split(marker, 1)[1].split('"', 1)[0])
+    return names

@@ -76,9 +76,11 @@ class Context:
             DelayError: the delay cannot be scheduled (raised here, in the handler).
         """
         name = f"{self.message_id}:{len(self.follow_ups)}:{command.queue}:{command.command_type}"
+        now = datetime.now(UTC)
         envelope = Envelope.for_command(
             command,
-            scheduling.due_time(datetime.now(UTC), delay, at),
+            scheduling.due_time(now, delay, at),
+            made_at=now,
             message_id=message_id or str(uuid.uuid5(_FOLLOW_UP_NAMESPACE, name)),
             correlation_id=self.correlation_id or self.message_id,
         )

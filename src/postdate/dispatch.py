@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from postdate import metrics
 from postdate.command import Command
+from postdate.confirm import raise_first
 from postdate.consumer import Consumer, Registration
 from postdate.context import Context
 from postdate.envelope import Envelope, copy_properties
@@ -117,9 +118,7 @@ class Dispatcher:
             await self._publish(context.follow_ups)
 
     async def _publish(self, envelopes: list[Envelope]) -> None:
-        for failure in await self.publisher.publish_each(envelopes):
-            if failure is not None:
-                raise failure
+        raise_first(await self.publisher.publish_each(envelopes))
 
     async def _settle(
         self,

@@ -67,8 +67,10 @@ class Envelope:
         *,
         message_id: str | None = None,
         correlation_id: str | None = None,
+        made_at: datetime | None = None,
     ) -> Envelope:
-        """The envelope of a new command, due at ``due_at`` (a fresh uuid4 unless given)."""
+        """The envelope of a new command, due at ``due_at`` (a fresh uuid4 unless given),
+        made at ``made_at`` (default now; give the moment its delay was counted from)."""
         return cls(
             message_id=message_id or str(uuid.uuid4()),
             type=command.command_type,
@@ -76,6 +78,7 @@ class Envelope:
             body=command.model_dump_json().encode(),
             due_at=due_at,
             correlation_id=correlation_id,
+            timestamp=made_at or datetime.now(UTC),
         )
 
     def headers(self) -> HeadersType:

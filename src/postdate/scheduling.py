@@ -17,6 +17,12 @@ from postdate.envelope import Envelope
 from postdate.errors import DelayError
 from postdate.topology import Names
 
+# A publish this soon after its envelope was made counts its delay from the envelope's
+# making: a 3 s send written 2 ms later goes through 3 s of ladder, not 2 s plus a
+# second held by the worker (the ladder may then deliver up to this much after due).
+# Later publishes (a blocked connection, a slow window, an outbox row) count from now.
+PLAN_LEEWAY = timedelta(milliseconds=20)
+
 When = timedelta | float | int | datetime
 """A delay (timedelta or seconds) or an aware due datetime."""
 
@@ -76,12 +82,16 @@ def route(names: Names, queue: str, seconds: int) -> Route:
 def plan(names: Names, envelope: Envelope, now: datetime) -> Route:
     """Where ``envelope`` is published at ``now`` to reach its queue at its due time.
 
+    The ladder carries the whole seconds left until the due time (counted from the
+    envelope's making within :data:`PLAN_LEEWAY` of it); the consumer holds the rest.
     A due time in the past routes for delivery at once.
 
     Raises:
         DelayError: the due time is further away than the ladder reaches.
     """
-    return route(names, envelope.queue, ladder.ladder_seconds(envelope.due_at, now))
+    made = envelope.timestamp
+    start = made if timedelta(0) <= now - made <= PLAN_LEEWAY else now
+    return route(names, envelope.queue, ladder.ladder_seconds(envelope.due_at, start))
 
 
 def to_queue(queue: str) -> Route:

@@ -10,6 +10,7 @@ from collections import Counter
 
 from aio_pika.abc import AbstractConnection
 
+from postdate.confirm import raise_first
 from postdate.envelope import Envelope
 from postdate.errors import InvalidMessage
 from postdate.publisher import Publisher
@@ -59,9 +60,7 @@ async def redeliver_unroutable(
                 continue  # not ours: left in place when the channel closes
             if queue is not None and envelope.queue != queue:
                 continue
-            failure = (await publisher.publish_each([envelope]))[0]
-            if failure is not None:
-                raise failure
+            raise_first(await publisher.publish_each([envelope]))
             await message.ack()
             sent += 1
         return sent

@@ -88,6 +88,9 @@ class Worker:
     async def start(self) -> None:
         """Connect, declare the app's topology and start consuming.
 
+        A start that fails closes what it opened (connections, metrics server) and runs
+        the shutdown hooks before it raises.
+
         Raises:
             BrokerUnavailable: the broker cannot be reached.
             TopologyMismatch: a queue exists with other arguments.
@@ -95,6 +98,14 @@ class Worker:
         """
         if not self.app.registrations:
             raise CommandDefinitionError("the consumer app has no handlers: nothing to consume")
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace_period=0)
+            raise
+        log.info("worker.started", worker=self.name, queues=sorted(self.app.queues()))
+
+    async def _start(self) -> None:
         if self.settings.metrics_port is not None and self._metrics is None:
             self._metrics = serve_metrics(self.settings.metrics_port)
             log.info("worker.metrics", port=self.metrics_port)
@@ -121,7 +132,6 @@ class Worker:
             )
             tag = await queue.consume(self._on_message(name))
             self._consumers.append((queue, tag))
-        log.info("worker.started", worker=self.name, queues=sorted(self.app.queues()))
 
     def _on_message(self, queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_message(message: AbstractIncomingMessage) -> None:

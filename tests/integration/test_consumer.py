@@ -23,6 +23,7 @@ from postdate import (
     RetryPolicy,
     Settings,
     Skip,
+    TopologyMismatch,
     Worker,
 )
 from postdate.clock import to_epoch_ms
@@ -40,7 +41,15 @@ from postdate.poison import (
     replay_poison,
 )
 from postdate.topology import poison_queue
-from tests.helpers import Cleanup, Ping, collect, command_for, eventually, queue_depth
+from tests.helpers import (
+    Cleanup,
+    Ping,
+    collect,
+    command_for,
+    eventually,
+    open_connection_names,
+    queue_depth,
+)
 
 FAST = RetryPolicy(max_attempts=3, tiers=(timedelta(seconds=1),))
 
@@ -67,6 +76,35 @@ async def start_worker(
     yield start
     for worker in workers:
         await worker.stop(grace_period=2)
+
+
+async def test_a_failed_start_closes_what_it_opened(
+    prefix: str, settings: Settings, cleanup: Cleanup, connection: AbstractRobustConnection
+) -> None:
+    cmd = command_for(f"{prefix}.mismatch")
+    app = Consumer()
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        pass
+
+    cleanup.track(app.topology(settings.prefix, settings.delivery_limit))
+    channel = await connection.channel()
+    await channel.declare_queue(cmd.queue, durable=True, arguments={"x-queue-type": "quorum"})
+    await channel.close()
+    shut_down: list[str] = []
+    app.on_shutdown(lambda: _append(shut_down, "closed"))
+    worker = Worker(app, settings, name=f"{prefix} failing worker")
+
+    with pytest.raises(TopologyMismatch):
+        await worker.start()
+
+    assert shut_down == ["closed"]
+    assert not [name for name in await open_connection_names() if name.startswith(worker.name)]
+
+
+async def _append(items: list[str], item: str) -> None:
+    items.append(item)
 
 
 async def test_outcomes_handled_skipped_retried_poisoned(
