@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo topology clean
+.PHONY: install test test-faults lint bench demo topology clean
 
 install: $(STAMP)
 
@@ -13,7 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/faults
+
+# Broker restarts, connection cuts, a memory alarm, kill -9 of a publisher, against a
+# RabbitMQ node of the tests' own (rabbit/node.sh; needs root and rabbitmq-server).
+test-faults: $(STAMP)
+	$(PY) -m pytest -q -s --no-cov tests/faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

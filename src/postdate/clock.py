@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from postdate.errors import DelayError
 
@@ -18,9 +18,14 @@ def require_aware(moment: datetime, name: str) -> datetime:
     return moment
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_epoch_ms(moment: datetime) -> int:
-    """``moment`` as whole milliseconds since the Unix epoch."""
-    return round(moment.timestamp() * 1000)
+    """``moment`` as whole milliseconds since the Unix epoch, rounded up: a due time
+    carried in milliseconds is never before the exact one (exact integer arithmetic)."""
+    microseconds = (moment - EPOCH) // timedelta(microseconds=1)
+    return -(-microseconds // 1000)
 
 
 def from_epoch_ms(millis: int) -> datetime:

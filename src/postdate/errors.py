@@ -80,11 +80,19 @@ class PublishReturned(PublishError):
 
 
 class PublishInterrupted(PublishError):
-    """The connection or channel was lost before the broker confirmed the publish."""
+    """The connection or channel was lost before the broker confirmed the publish.
+
+    The publisher publishes such a message again on the reopened channel within the
+    publish timeout; past it, the caller gets :class:`PublishTimeout`.
+    """
 
 
 class PublishTimeout(PublishError):
-    """The broker did not confirm a publish within the publish timeout."""
+    """The broker did not confirm a publish within the publish timeout.
+
+    The message **may have arrived**: publish it again with the same message id (a
+    duplicate at worst). The outbox relay does exactly that: the row stays pending.
+    """
 
 
 class InvalidMessage(PostdateError):

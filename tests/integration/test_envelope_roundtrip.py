@@ -57,7 +57,8 @@ async def test_envelope_round_trip(
     assert envelope.queue == queue
     assert envelope.attempt == 1
     assert envelope.correlation_id == "c-7"
-    assert abs(envelope.due_at - due) <= timedelta(microseconds=500)  # whole milliseconds
+    # whole milliseconds, rounded up: never before the exact due time
+    assert timedelta(0) <= envelope.due_at - due < timedelta(milliseconds=1)
     assert abs(envelope.timestamp - datetime.now(UTC)) < timedelta(seconds=5)
     assert envelope.extra_headers == {}
     assert kind.model_validate_json(envelope.body) == command

@@ -96,5 +96,7 @@ def test_next_attempt_keeps_identity_and_adds_headers() -> None:
 
 def test_epoch_ms_round_trip() -> None:
     assert from_epoch_ms(to_epoch_ms(DUE_AT)) == DUE_AT
-    assert to_epoch_ms(DUE_AT + timedelta(microseconds=400)) == to_epoch_ms(DUE_AT)
+    assert to_epoch_ms(DUE_AT + timedelta(microseconds=400)) == to_epoch_ms(DUE_AT) + 1  # up
+    assert to_epoch_ms(DUE_AT + timedelta(microseconds=1)) == to_epoch_ms(DUE_AT) + 1
+    assert to_epoch_ms(DUE_AT - timedelta(microseconds=999)) == to_epoch_ms(DUE_AT)
     assert from_epoch_ms(0) == datetime(1970, 1, 1, tzinfo=UTC)

@@ -159,7 +159,7 @@ def test_poison_headers_reason_is_the_plain_value(reason: Reason) -> None:
             1_000,
             id="other-offset",
         ),
-        pytest.param(datetime(2030, 1, 1, 0, 0, 0, 123_456, tzinfo=UTC), NOW_MS, id="sub-ms"),
+        pytest.param(datetime(2030, 1, 1, 0, 0, 0, 123_456, tzinfo=UTC), NOW_MS + 1, id="sub-ms"),
     ],
 )
 def test_poison_headers_failed_at_epoch_ms(now: datetime, millis: int) -> None:

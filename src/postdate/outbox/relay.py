@@ -65,7 +65,9 @@ class OutboxRelay:
 
     A row is marked sent only after the broker confirmed it; a row whose publish failed
     stays pending with ``attempts`` and ``last_error`` updated and is tried again on the
-    next pass (after the rows that never failed).
+    next pass (after the rows that never failed). A :class:`~postdate.PublishTimeout`
+    may have arrived: sending the row again with its message id is the right answer
+    (a duplicate at worst).
 
     Raises:
         InvalidArgument: ``batch_size`` below 1 or ``poll_interval`` not positive.

@@ -1,0 +1,120 @@
+"""What every fault test counts: sent, confirmed, handled, lost, duplicated, early, and
+lateness beyond the fault; and where the commands are when some are missing."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from aio_pika.abc import AbstractConnection
+
+from postdate import Command, Consumer, Context
+from postdate.topology import Names
+from tests.helpers import queue_depth
+
+
+class Tick(Command, queue="postdate-faults.tick"):
+    """The command fault tests schedule: a number, and a body of realistic size."""
+
+    n: int
+    payload: str = "x" * 64
+
+
+@dataclass
+class Ledger:
+    """The books of one fault test: what was sent and confirmed, what handlers saw."""
+
+    sent: int = 0
+    confirmed: set[str] = field(default_factory=set)  # message ids the broker confirmed
+    # (message id, handled at, due at) in epoch seconds, the due time as the handler saw it
+    handled: list[tuple[str, float, float]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self, command: type[Tick]) -> Consumer:
+        """A consumer app whose handler records every delivery of ``command``."""
+        app = Consumer()
+
+        @app.handler(command)
+        async def record(tick: Tick, context: Context) -> None:
+            self.handled.append((context.message_id, time.time(), context.due_at.timestamp()))
+            self.changed.set()
+
+        return app
+
+    def missing(self) -> set[str]:
+        """Confirmed commands no handler has seen yet."""
+        return self.confirmed - {message_id for message_id, _, _ in self.handled}
+
+    async def wait_all(self, timeout: float) -> None:
+        """Wait until every confirmed command was handled, or ``timeout`` s passed."""
+        deadline = time.monotonic() + timeout
+        while self.missing() and time.monotonic() < deadline:
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+
+    def report(self, fault_ended: float) -> Report:
+        """The counts; lateness beyond the fault counts from the later of a command's due
+        time and the moment the fault ended."""
+        first_seen: dict[str, tuple[float, float]] = {}
+        for message_id, at, due in self.handled:
+            first_seen.setdefault(message_id, (at, due))
+        seen = Counter(message_id for message_id, _, _ in self.handled)
+        beyond = [at - max(due, fault_ended) for at, due in first_seen.values()]
+        early = sum(1 for message_id, at, due in self.handled if at < due)
+        return Report(
+            sent=self.sent,
+            confirmed=len(self.confirmed),
+            handled=len(first_seen),
+            lost=len(self.missing()),
+            duplicated=sum(count - 1 for count in seen.values()),
+            early=early,
+            beyond_p50=statistics.median(beyond) if beyond else 0.0,
+            beyond_max=max(beyond, default=0.0),
+            beyond_1s=sum(1 for late in beyond if late > 1.0),
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """A fault test's counts, printed in one line."""
+
+    sent: int
+    confirmed: int
+    handled: int
+    lost: int
+    duplicated: int
+    early: int
+    beyond_p50: float
+    beyond_max: float
+    beyond_1s: int
+
+    def line(self, name: str) -> str:
+        """``name: sent=... confirmed=... ...`` for the test's output."""
+        return (
+            f"{name}: sent={self.sent} confirmed={self.confirmed} handled={self.handled} "
+            f"lost={self.lost} duplicated={self.duplicated} early={self.early} "
+            f"late_beyond_fault_p50={self.beyond_p50:.2f}s max={self.beyond_max:.2f}s "
+            f"over_1s={self.beyond_1s}"
+        )
+
+
+async def whereabouts(connection: AbstractConnection, prefix: str, queue: str) -> dict[str, int]:
+    """Messages ready per ladder level and in the command queue, where there are any."""
+    names = Names(prefix)
+    places = [names.delay_queue(level) for level in range(28)]
+    places += [queue, f"{queue}.poison", names.unroutable]
+    depths = {}
+    for place in places:
+        try:
+            depth = await queue_depth(connection, place)
+        except Exception:  # a missing queue says something too
+            depth = -1
+        if depth:
+            depths[place] = depth
+    return depths
