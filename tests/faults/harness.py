@@ -4,16 +4,21 @@ lateness beyond the fault; and where the commands are when some are missing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
+import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from postdate import Command, Consumer, Context
+from postdate import Command, Consumer, Context, Settings, Worker
+from postdate.declare import delete_topology
 from postdate.topology import Names
-from tests.helpers import queue_depth
+from tests.helpers import derive, queue_depth
 
 
 class Tick(Command, queue="postdate-faults.tick"):
@@ -118,3 +123,46 @@ async def whereabouts(connection: AbstractConnection, prefix: str, queue: str) -
         if depth:
             depths[place] = depth
     return depths
+
+
+@dataclass
+class Run:
+    """One fault test's worker side: its settings, its command class, its books."""
+
+    settings: Settings
+    tick: type[Tick]
+    ledger: Ledger
+    keep_queues: bool = False  # set on a failure worth looking into
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of every broker object of this run."""
+        return self.settings.prefix
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    node_url: str, what: str, *, worker_url: str | None = None, **settings: object
+) -> AsyncIterator[Run]:
+    """A worker recording every ``Tick`` into the run's ledger, under a fresh prefix on
+    the fault node (reached at ``worker_url`` when given, e.g. through a proxy). Stops it
+    afterwards and deletes what it declared, unless the run says to keep the queues."""
+    prefix = f"f{uuid.uuid4().hex[:8]}"
+    run = Run(
+        Settings.load(prefix=prefix, rabbitmq_url=worker_url or node_url, **settings),
+        derive(Tick, f"{prefix}.tick"),
+        Ledger(),
+    )
+    app = run.ledger.app(run.tick)
+    worker = Worker(app, run.settings, name=f"faults {what} worker {prefix}")
+    await worker.start()
+    try:
+        yield run
+    finally:
+        await worker.stop(grace_period=2)
+        if not run.keep_queues:
+            connection = await aio_pika.connect(node_url)
+            try:
+                await delete_topology(connection, app.topology(prefix, run.settings.delivery_limit))
+            finally:
+                await connection.close()

@@ -54,8 +54,9 @@ class CuttingProxy:
         return len(links)
 
     async def close(self) -> None:
-        """Stop listening and cut what is left."""
-        self.cut()
+        """Stop listening and close what is left (not counted as a cut)."""
+        for writer in list(self._links):
+            writer.transport.abort()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

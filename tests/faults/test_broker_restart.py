@@ -13,17 +13,14 @@ import asyncio
 import os
 import random
 import time
-import uuid
 from datetime import timedelta
 
 import aio_pika
 import pytest
 
-from postdate import Publisher, Settings, Worker
-from postdate.declare import delete_topology
+from postdate import Publisher
 from tests.faults.conftest import ctl
-from tests.faults.harness import Ledger, Tick, whereabouts
-from tests.helpers import derive
+from tests.faults.harness import running_worker, whereabouts
 
 COMMANDS = 3000
 DELAYS = (2.0, 40.0)  # ladder levels 0-5
@@ -39,18 +36,13 @@ RESTARTS = int(os.environ.get("FAULT_RESTARTS", "2"))
 async def test_broker_restart_loses_nothing_and_stalls_no_longer_than_the_bound(
     fault_node: str, stop_after: float
 ) -> None:
-    prefix = f"f{uuid.uuid4().hex[:8]}"
-    settings = Settings.load(prefix=prefix, rabbitmq_url=fault_node, prefetch=2000, concurrency=64)
-    tick = derive(Tick, f"{prefix}.tick")
-    ledger = Ledger()
-    app = ledger.app(tick)
-    worker = Worker(app, settings, name=f"faults restart worker {prefix}")
-    await worker.start()
     rng = random.Random()
-    kept = False
-    try:
-        async with Publisher(settings=settings, connection_name=f"faults {prefix}") as pub:
-            items = [(tick(n=n), timedelta(seconds=rng.uniform(*DELAYS))) for n in range(COMMANDS)]
+    async with running_worker(fault_node, "restart", prefetch=2000, concurrency=64) as run:
+        ledger = run.ledger
+        async with Publisher(settings=run.settings, connection_name=f"faults {run.prefix}") as pub:
+            items = [
+                (run.tick(n=n), timedelta(seconds=rng.uniform(*DELAYS))) for n in range(COMMANDS)
+            ]
             sent_at = time.time()
             ledger.sent = len(items)
             ledger.confirmed.update(await pub.send_many(items))
@@ -64,27 +56,22 @@ async def test_broker_restart_loses_nothing_and_stalls_no_longer_than_the_bound(
         report = ledger.report(fault_ended=back)
         print(report.line(f"restart after {stop_after:.0f}s, down {back - stopped:.1f}s"))
         if report.lost:
-            kept = True
-            connection = await aio_pika.connect(fault_node)
-            try:
-                places = await whereabouts(connection, prefix, tick.queue)
-            finally:
-                await connection.close()
-            queues = await asyncio.to_thread(
-                ctl, "list_queues", "name", "messages", "messages_ready"
-            )
-            pytest.fail(
-                f"{report.lost} confirmed commands never handled (queues kept under prefix "
-                f"{prefix}); ready by passive declare: {places}; rabbitmqctl list_queues:\n"
-                + "\n".join(line for line in queues.splitlines() if prefix in line)
-            )
-        assert report.early == 0
-        assert report.beyond_max <= BOUND, report.line("held too long")
+            run.keep_queues = True
+            pytest.fail(await _whereabouts(fault_node, run.prefix, run.tick.queue, report.lost))
+    assert report.early == 0
+    assert report.beyond_max <= BOUND, report.line("held too long")
+
+
+async def _whereabouts(node_url: str, prefix: str, queue: str, lost: int) -> str:
+    """Where the missing commands are, for the failure message."""
+    connection = await aio_pika.connect(node_url)
+    try:
+        ready = await whereabouts(connection, prefix, queue)
     finally:
-        await worker.stop(grace_period=2)
-        if not kept:
-            connection = await aio_pika.connect(fault_node)
-            try:
-                await delete_topology(connection, app.topology(prefix, settings.delivery_limit))
-            finally:
-                await connection.close()
+        await connection.close()
+    listed = await asyncio.to_thread(ctl, "list_queues", "name", "messages", "messages_ready")
+    return (
+        f"{lost} confirmed commands never handled (queues kept under prefix {prefix}); "
+        f"ready by passive declare: {ready}; rabbitmqctl list_queues (name, messages, "
+        "ready):\n" + "\n".join(line for line in listed.splitlines() if prefix in line)
+    )

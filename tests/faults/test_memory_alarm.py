@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from datetime import timedelta
 
-import aio_pika
-
-from postdate import Publisher, Settings, Worker
-from postdate.declare import delete_topology
+from postdate import Publisher
 from tests.faults.conftest import ctl
-from tests.faults.harness import Ledger, Tick
-from tests.helpers import derive
+from tests.faults.harness import running_worker
 
 COMMANDS = 5000
 DELAY = timedelta(seconds=3)
@@ -24,15 +19,9 @@ CLEAR = "rabbit_alarm:clear_alarm({resource_limit, memory, node()})."
 
 
 async def test_memory_alarm_during_send_many(fault_node: str) -> None:
-    prefix = f"f{uuid.uuid4().hex[:8]}"
-    settings = Settings.load(prefix=prefix, rabbitmq_url=fault_node, prefetch=2000, concurrency=64)
-    tick = derive(Tick, f"{prefix}.tick")
-    ledger = Ledger()
-    app = ledger.app(tick)
-    worker = Worker(app, settings, name=f"faults alarm worker {prefix}")
-    await worker.start()
-    try:
-        async with Publisher(settings=settings, connection_name=f"faults {prefix}") as pub:
+    async with running_worker(fault_node, "alarm", prefetch=2000, concurrency=64) as run:
+        ledger = run.ledger
+        async with Publisher(settings=run.settings, connection_name=f"faults {run.prefix}") as pub:
 
             async def alarm() -> float:
                 await asyncio.sleep(0.05)
@@ -42,26 +31,19 @@ async def test_memory_alarm_during_send_many(fault_node: str) -> None:
                 return time.time()
 
             alarm_task = asyncio.create_task(alarm())
-            items = [(tick(n=n), DELAY) for n in range(COMMANDS)]
+            items = [(run.tick(n=n), DELAY) for n in range(COMMANDS)]
             ledger.sent = len(items)
             started = time.time()
             ledger.confirmed.update(await pub.send_many(items))
             blocked_for = time.time() - started
             cleared = await alarm_task
         await ledger.wait_all(timeout=ALARM_SECONDS + DELAY.total_seconds() + 30)
-        report = ledger.report(fault_ended=cleared)
-        print(report.line(f"memory alarm {ALARM_SECONDS:.0f}s, send_many took {blocked_for:.1f}s"))
-        assert report.lost == 0
-        assert report.early == 0
-        # Each command is planned when it is written: those written after the block waited
-        # for it and go out at once after it (the worker then works through them); only
-        # those written but not yet taken when it blocked (at most IN_FLIGHT) start their
-        # delay after it. Planned all before the block, the median was 3.1 s here.
-        assert report.beyond_p50 <= 1.5, report.line("late")
-    finally:
-        await worker.stop(grace_period=2)
-        connection = await aio_pika.connect(fault_node)
-        try:
-            await delete_topology(connection, app.topology(prefix, settings.delivery_limit))
-        finally:
-            await connection.close()
+    report = ledger.report(fault_ended=cleared)
+    print(report.line(f"memory alarm {ALARM_SECONDS:.0f}s, send_many took {blocked_for:.1f}s"))
+    assert report.lost == 0
+    assert report.early == 0
+    # Each command is planned when it is written: those written after the block waited
+    # for it and go out at once after it (the worker then works through them); only
+    # those written but not yet taken when it blocked (at most IN_FLIGHT) start their
+    # delay after it. Planned all before the block, the median was 3.1 s here.
+    assert report.beyond_p50 <= 1.5, report.line("late")
