@@ -30,10 +30,10 @@ from postdate.scheduling import Route
 
 # Publishes that share one deadline (the publish timeout).
 PIPELINE_WINDOW = 5000
-# At most this many publishes are written but not yet confirmed. Each is planned when it
-# is written; when a resource alarm blocks the connection, only these were planned before
-# it (and may arrive late by the time it lasted), the rest wait and are planned after.
-IN_FLIGHT = 500
+# Publishes written together and confirmed before the next ones are planned: when a
+# resource alarm blocks the connection, only these were planned before it (and may
+# arrive late by the time it lasted); the rest wait for it to end and are planned after.
+IN_FLIGHT = 1000
 # Pause before publishing again what a lost connection interrupted.
 RETRY_PAUSE_SECONDS = 0.05
 
@@ -95,18 +95,28 @@ class ConfirmedChannel:
     async def _attempt(
         self, plans: Sequence[Plan], pending: list[int], results: list[PostdateError | None]
     ) -> list[int]:
-        """Publish ``pending`` once, at most ``IN_FLIGHT`` unconfirmed at a time; fill
-        ``results``; return those a lost connection interrupted, to publish again."""
+        """Publish ``pending`` once, ``IN_FLIGHT`` at a time; fill ``results``; return
+        those a lost connection interrupted, to publish again."""
         underlay = await self._usable()
-        in_flight = asyncio.Semaphore(IN_FLIGHT)
-        outcomes = await asyncio.gather(
-            *(self._publish_one(underlay, plans[index], in_flight) for index in pending)
-        )
         again = []
-        for index, outcome in zip(pending, outcomes, strict=True):
-            results[index] = outcome
-            if isinstance(outcome, PublishInterrupted):
-                again.append(index)
+        for start in range(0, len(pending), IN_FLIGHT):
+            chunk = pending[start : start + IN_FLIGHT]
+            # Planned only once the connection is not blocked by a resource alarm, so
+            # the ladder delay counts from (about) when the broker takes the message.
+            await underlay.connection.ready()
+            now = datetime.now(UTC)
+            batch: list[tuple[int, Outgoing]] = []
+            for index in chunk:
+                planned = plans[index](now)
+                if isinstance(planned, PostdateError):
+                    results[index] = planned
+                else:
+                    batch.append((index, planned))
+            errors = await self._send(underlay, [outgoing for _, outgoing in batch])
+            for (index, _), error in zip(batch, errors, strict=True):
+                results[index] = error
+                if isinstance(error, PublishInterrupted):
+                    again.append(index)
         return again
 
     async def _usable(self) -> aiormq.abc.AbstractChannel:
@@ -114,44 +124,50 @@ class ConfirmedChannel:
         await self.channel.ready()
         return await self.channel.get_underlay_channel()
 
-    async def _publish_one(
-        self, underlay: aiormq.abc.AbstractChannel, plan: Plan, in_flight: asyncio.Semaphore
-    ) -> PostdateError | None:
-        async with in_flight:
-            # Planned only once the connection is not blocked by a resource alarm, so
-            # the ladder delay counts from (about) when the broker takes the message.
-            await underlay.connection.ready()
-            outgoing = plan(datetime.now(UTC))
-            if isinstance(outgoing, PostdateError):
-                return outgoing
-            message_id = outgoing.properties.message_id or ""
-            await self._claim(message_id)
-            try:
-                await underlay.basic_publish(
-                    outgoing.body,
-                    exchange=outgoing.route.exchange,
-                    routing_key=outgoing.route.routing_key,
-                    properties=outgoing.properties,
-                    mandatory=True,
-                )
-            except Exception as error:
-                return _translate(error, message_id, outgoing.route)
-            finally:
-                self._release(message_id)
-        return None
+    async def _send(
+        self, underlay: aiormq.abc.AbstractChannel, batch: Sequence[Outgoing]
+    ) -> list[PostdateError | None]:
+        ids = [outgoing.properties.message_id or "" for outgoing in batch]
+        if len(set(ids)) < len(ids):
+            # aiormq matches a returned message to its publish by message_id: two in
+            # flight with one id could swap a return for a confirm. One at a time.
+            return [(await self._send(underlay, [item]))[0] for item in batch]
+        await self._claim(ids)
+        try:
+            replies = await asyncio.gather(
+                *(
+                    underlay.basic_publish(
+                        outgoing.body,
+                        exchange=outgoing.route.exchange,
+                        routing_key=outgoing.route.routing_key,
+                        properties=outgoing.properties,
+                        mandatory=True,
+                    )
+                    for outgoing in batch
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            self._release(ids)
+        return [
+            _translate(reply, message_id, outgoing.route)
+            if isinstance(reply, BaseException)
+            else None
+            for outgoing, message_id, reply in zip(batch, ids, replies, strict=True)
+        ]
 
-    async def _claim(self, message_id: str) -> None:
-        """Wait until ``message_id`` is not in flight, then mark it in flight: aiormq
-        matches a returned message to its publish by message id, so two in flight with
-        one id could swap a return for a confirm."""
-        while message_id in self._busy_ids:
-            await self._busy_ids[message_id].wait()
-        self._busy_ids[message_id] = asyncio.Event()
+    async def _claim(self, message_ids: Sequence[str]) -> None:
+        """Wait until none of ``message_ids`` is in flight, then mark them in flight."""
+        for message_id in message_ids:
+            while message_id in self._busy_ids:
+                await self._busy_ids[message_id].wait()
+        self._busy_ids.update(dict.fromkeys(message_ids, asyncio.Event()))
 
-    def _release(self, message_id: str) -> None:
-        released = self._busy_ids.pop(message_id, None)
-        if released is not None:
-            released.set()
+    def _release(self, message_ids: Iterable[str]) -> None:
+        for message_id in message_ids:
+            released = self._busy_ids.pop(message_id, None)
+            if released is not None:
+                released.set()
 
 
 def raise_first(results: Iterable[PostdateError | None]) -> None:
@@ -161,8 +177,10 @@ def raise_first(results: Iterable[PostdateError | None]) -> None:
             raise failure
 
 
-def _translate(error: Exception, message_id: str, target: Route) -> PostdateError:
+def _translate(error: BaseException, message_id: str, target: Route) -> PostdateError:
     """The typed error of a failed publish."""
+    if not isinstance(error, Exception):
+        raise error  # CancelledError and friends are not a publish result
     if isinstance(error, PostdateError):
         return error
     if isinstance(error, aiormq.exceptions.PublishError):
