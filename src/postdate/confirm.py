@@ -11,7 +11,7 @@ ladder delay counts from then, however long the window waited. Broker errors bec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -133,20 +133,21 @@ class ConfirmedChannel:
             # flight with one id could swap a return for a confirm. One at a time.
             return [(await self._send(underlay, [item]))[0] for item in batch]
         await self._claim(ids)
-        try:
-            replies = await asyncio.gather(
-                *(
-                    underlay.basic_publish(
-                        outgoing.body,
-                        exchange=outgoing.route.exchange,
-                        routing_key=outgoing.route.routing_key,
-                        properties=outgoing.properties,
-                        mandatory=True,
-                    )
-                    for outgoing in batch
-                ),
-                return_exceptions=True,
+        publishes = [
+            underlay.basic_publish(
+                outgoing.body,
+                exchange=outgoing.route.exchange,
+                routing_key=outgoing.route.routing_key,
+                properties=outgoing.properties,
+                mandatory=True,
             )
+            for outgoing in batch
+        ]
+        try:
+            if len(publishes) == 1:  # a task per publish costs a single send two loop turns
+                replies: list[object] = [await _settle(publishes[0])]
+            else:
+                replies = await asyncio.gather(*publishes, return_exceptions=True)
         finally:
             self._release(ids)
         return [
@@ -168,6 +169,14 @@ class ConfirmedChannel:
             released = self._busy_ids.pop(message_id, None)
             if released is not None:
                 released.set()
+
+
+async def _settle(publish: Awaitable[object]) -> object:
+    """The publish's reply, or the exception it raised (as gather's return_exceptions)."""
+    try:
+        return await publish
+    except Exception as error:
+        return error
 
 
 def raise_first(results: Iterable[PostdateError | None]) -> None:
