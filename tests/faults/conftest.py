@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from postdate.logs import configure_logging
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE_SCRIPT = ROOT / "rabbit" / "node.sh"
 NODE_NAME = os.environ.get("POSTDATE_FAULT_NODE", "pdfault")
@@ -35,6 +37,12 @@ def node(*args: str, timeout: float = 120) -> str:
 def ctl(*args: str, timeout: float = 120) -> str:
     """``rabbitmqctl -n <fault node> ARGS``."""
     return node("ctl", NODE_NAME, *args, timeout=timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_workers() -> None:
+    """Workers log each message at INFO; fault tests print their counts instead."""
+    configure_logging("WARNING")
 
 
 @pytest.fixture(scope="session")
