@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from postdate.errors import CommandDefinitionError
+from postdate.errors import CommandDefinitionError, InvalidArgument
 
 # Queue names are topic-routing words: no empty words, no wildcards. The length cap keeps
 # the ladder routing key (56 bytes of bits + the queue) and the retry tier names under 255.
@@ -31,6 +31,24 @@ def validate_queue_name(queue: str) -> str:
             f"queue name {queue!r} must be dot-separated words of letters, digits, '_' or '-'"
         )
     return queue
+
+
+def require_command(command: object) -> Command:
+    """Return ``command`` if it is an instance of a :class:`Command` subclass with a queue.
+
+    Raises:
+        InvalidArgument: anything else (a dict, a plain pydantic model, ``Command`` itself).
+    """
+    if not isinstance(command, Command):
+        raise InvalidArgument(
+            f"command={command!r:.80} is a {type(command).__name__}, not a postdate Command"
+        )
+    if not hasattr(type(command), "queue"):
+        raise InvalidArgument(
+            f"command={command!r:.80} is a bare Command: send an instance of a subclass "
+            "that names its queue"
+        )
+    return command
 
 
 class Command(BaseModel):

@@ -74,6 +74,7 @@ class Context:
 
         Raises:
             DelayError: the delay cannot be scheduled (raised here, in the handler).
+            InvalidArgument: ``command`` is not an instance of a Command subclass.
         """
         name = f"{self.message_id}:{len(self.follow_ups)}:{command.queue}:{command.command_type}"
         now = datetime.now(UTC)

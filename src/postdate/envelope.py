@@ -13,7 +13,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, HeadersType
 
 from postdate.clock import from_epoch_ms, to_epoch_ms
-from postdate.command import Command
+from postdate.command import Command, require_command
 from postdate.errors import InvalidMessage
 from postdate.outcomes import Reason
 
@@ -70,7 +70,12 @@ class Envelope:
         made_at: datetime | None = None,
     ) -> Envelope:
         """The envelope of a new command, due at ``due_at`` (a fresh uuid4 unless given),
-        made at ``made_at`` (default now; give the moment its delay was counted from)."""
+        made at ``made_at`` (default now; give the moment its delay was counted from).
+
+        Raises:
+            InvalidArgument: ``command`` is not an instance of a Command subclass.
+        """
+        require_command(command)
         return cls(
             message_id=message_id or str(uuid.uuid4()),
             type=command.command_type,

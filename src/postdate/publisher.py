@@ -128,7 +128,8 @@ class Publisher:
         delivers at once. ``message_id`` may carry an idempotency key.
 
         Raises:
-            DelayError: negative or too long a delay, naive ``at``, both given.
+            DelayError: negative, too long or not a number a delay, naive ``at``, both.
+            InvalidArgument: ``command`` is not an instance of a Command subclass.
             PublishReturned: the broker had nowhere to route the message.
             PublishNacked: the broker refused the message.
             PublishTimeout: no confirm within the publish timeout; the command may have
@@ -156,6 +157,7 @@ class Publisher:
 
         Raises:
             DelayError: an item's delay cannot be scheduled (nothing published then).
+            InvalidArgument: an item is not a Command (nothing published then).
             PublishError: at least one publish failed (the others may have gone out).
             PublisherNotStarted: not started, or closed.
         """

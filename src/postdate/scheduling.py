@@ -8,6 +8,7 @@ the time left until its exact due time *then*. Nothing else computes a route.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -50,16 +51,41 @@ def due_time(now: datetime, delay: When | None = None, at: datetime | None = Non
     if isinstance(delay, datetime):
         delay, at = None, delay
     if at is not None:
+        if not isinstance(at, datetime):
+            raise DelayError(f"at={at!r} is not a datetime")
         due = require_aware(at, "at=")
     elif delay is None:
         due = now
     else:
-        span = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+        span = _span(delay)
         if span < timedelta(0):
             raise DelayError(f"delay {span} is negative; for 'at once' give delay=0")
         due = now + span
     ladder.ladder_seconds(due, now)  # refuses a due time beyond the ladder's reach
     return due
+
+
+def _span(delay: object) -> timedelta:
+    """``delay`` (a timedelta or a finite number of seconds) as a timedelta.
+
+    Raises:
+        DelayError: anything else (a string, a bool, NaN, infinity, ...).
+    """
+    if isinstance(delay, timedelta):
+        return delay
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise DelayError(
+            f"delay={delay!r} is not a timedelta, a number of seconds or an aware datetime"
+        )
+    if not math.isfinite(delay):
+        raise DelayError(f"delay={delay!r} is not a finite number of seconds")
+    if delay < 0:
+        raise DelayError(f"delay {delay} s is negative; for 'at once' give delay=0")
+    if delay > ladder.MAX_DELAY_SECONDS + 1:
+        raise DelayError(
+            f"delay {delay} s is above the ladder's maximum {ladder.MAX_DELAY_SECONDS} s"
+        )
+    return timedelta(seconds=delay)
 
 
 def route(names: Names, queue: str, seconds: int) -> Route:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pydantic
 import pytest
 
 from postdate import ladder
 from postdate.command import Command
 from postdate.envelope import Envelope
-from postdate.errors import DelayError
+from postdate.errors import DelayError, InvalidArgument
+from postdate.publisher import Publisher
 from postdate.scheduling import Route, When, due_time, plan
+from postdate.settings import Settings
 from postdate.topology import Names
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, 300_000, tzinfo=UTC)
@@ -128,3 +131,51 @@ def test_unschedulable(
 ) -> None:
     with pytest.raises(DelayError, match=match):
         publisher.prepare(Expire(order=1), delay, at=at, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("delay", "match"),
+    [
+        pytest.param(float("nan"), "finite", id="nan"),
+        pytest.param(float("inf"), "finite", id="inf"),
+        pytest.param(float("-inf"), "finite", id="-inf"),
+        pytest.param(1e300, "maximum", id="huge"),
+        pytest.param(-1e300, "negative", id="huge-negative"),
+        pytest.param("10", "not a timedelta", id="string"),
+        pytest.param(True, "not a timedelta", id="bool"),
+        pytest.param([10], "not a timedelta", id="list"),
+    ],
+)
+def test_misused_delays_are_delay_errors_naming_the_delay(delay: object, match: str) -> None:
+    with pytest.raises(DelayError, match=match) as caught:
+        due_time(NOW, delay)  # type: ignore[arg-type]
+    assert "delay" in str(caught.value)
+
+
+def test_an_at_that_is_not_a_datetime_is_a_delay_error() -> None:
+    with pytest.raises(DelayError, match="at="):
+        due_time(NOW, at="2030-01-01")  # type: ignore[arg-type]
+
+
+class Plain(pydantic.BaseModel):
+    """A pydantic model that is not a Command."""
+
+    order: int = 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param({"order": 1}, id="dict"),
+        pytest.param(Plain(), id="plain-model"),
+        pytest.param(Command(), id="bare-command"),
+    ],
+)
+async def test_sending_what_is_not_a_command_is_refused_before_publishing(
+    command: object,
+) -> None:
+    publisher = Publisher(settings=Settings.load(prefix="p"))  # not started: nothing to publish
+    with pytest.raises(InvalidArgument, match="command="):
+        await publisher.send(command, 5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="command="):
+        await publisher.send_many([(command, 5)])  # type: ignore[list-item]

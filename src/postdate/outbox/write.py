@@ -11,7 +11,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from postdate.clock import to_epoch_ms
-from postdate.command import Command
+from postdate.command import Command, require_command
 from postdate.outbox.schema import outbox_table
 from postdate.scheduling import When, due_time
 
@@ -23,6 +23,7 @@ def _values(
     message_id: str | None,
     correlation_id: str | None,
 ) -> dict[str, Any]:
+    require_command(command)
     return {
         "message_id": message_id or str(uuid.uuid4()),
         "queue": command.queue,
@@ -57,6 +58,7 @@ async def schedule(
     Raises:
         DelayError: negative or too long a delay, naive ``at``, both given (raised before
             anything is written).
+        InvalidArgument: ``command`` is not an instance of a Command subclass.
         sqlalchemy.exc.IntegrityError: ``message_id`` is already in the outbox.
     """
     now = now or datetime.now(UTC)
