@@ -141,8 +141,10 @@ class Dispatcher:
             if decision.step is Step.COPY_THEN_ACK:
                 copy = copy_properties(message, decision.headers)
                 await self.publisher.republish(message.body, copy, decision.queue)
-            elif decision.step is Step.RESCHEDULE_THEN_ACK and delivery.envelope is not None:
-                await self._publish([delivery.envelope])
+            elif decision.step is Step.RESCHEDULE_THEN_ACK:
+                again = decision.envelope or delivery.envelope
+                if again is not None:
+                    await self._publish([again])
         except Exception as error:
             fallback = after_failed_publish(decision, delivery, error, datetime.now(UTC))
             return await self._execute(message, delivery, fallback)

@@ -8,6 +8,7 @@ rule 2 asks for: a copy is confirmed by the broker before the delivery is acked.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -88,14 +89,16 @@ Result = Exception | Undecodable | TooEarly | Stopping | None
 
 @dataclass(frozen=True)
 class Decision:
-    """One delivery's settlement: the broker ``step``, the ``outcome`` it records, and for
-    :attr:`Step.COPY_THEN_ACK` the ``queue`` and ``headers`` of the copy."""
+    """One delivery's settlement: the broker ``step``, the ``outcome`` it records, for
+    :attr:`Step.COPY_THEN_ACK` the ``queue`` and ``headers`` of the copy, and for
+    :attr:`Step.RESCHEDULE_THEN_ACK` the ``envelope`` to send (default: the delivery's)."""
 
     step: Step
     outcome: Outcome
     reason: str = ""
     queue: str = ""
     headers: HeadersType = field(default_factory=dict)
+    envelope: Envelope | None = None  # what goes back through the ladder, if not the delivery
 
 
 def decide(
@@ -105,7 +108,8 @@ def decide(
 
     A returned handler or ``Skip`` acks; a permanent error or the last attempt parks a
     copy in the poison queue; any other error puts a copy on the retry tier the policy
-    picks; an undecodable delivery is parked at once; a delivery too early goes back
+    picks (a ``Retry(after=...)`` longer than every tier goes through the delay ladder,
+    due exactly then); an undecodable delivery is parked at once; a delivery too early goes back
     through the ladder; one caught by a stopping worker is left for redelivery.
     """
     match result:
@@ -132,8 +136,12 @@ def _failed(
     if policy.exhausted(envelope.attempt):
         return poison(delivery, Reason.EXHAUSTED, error, now, safe_repr(error))
     after = error.after if isinstance(error, Retry) else None
-    tier = policy.tier_for(envelope.attempt, after)
     copy = envelope.next_attempt(**{LAST_ERROR: bounded(safe_repr(error), LAST_ERROR_CHARS)})
+    if after is not None and after > policy.tiers[-1]:
+        # Longer than any tier: the delay ladder waits exactly that long, no tier needed.
+        later = dataclasses.replace(copy, due_at=now + after)
+        return Decision(Step.RESCHEDULE_THEN_ACK, Outcome.RETRIED, safe_repr(error), envelope=later)
+    tier = policy.tier_for(envelope.attempt, after)
     return Decision(
         Step.COPY_THEN_ACK,
         Outcome.RETRIED,

@@ -107,6 +107,27 @@ async def _append(items: list[str], item: str) -> None:
     items.append(item)
 
 
+async def test_retry_after_longer_than_every_tier_waits_that_long(
+    prefix: str, publisher: Publisher, start_worker: StartWorker
+) -> None:
+    cmd = command_for(f"{prefix}.later")
+    app = Consumer()
+    seen: list[tuple[int, float]] = []
+
+    @app.handler(cmd, retries=RetryPolicy(max_attempts=3, tiers=(timedelta(seconds=1),)))
+    async def handle(command: Ping, context: Context) -> None:
+        seen.append((context.attempt, time.monotonic()))
+        if context.attempt == 1:
+            raise Retry("not yet", after=timedelta(seconds=3))
+
+    worker = await start_worker(app)
+    await publisher.send(cmd(n=1))
+    await eventually(lambda: worker.outcomes[Outcome.HANDLED] == 1, 15, "handled on attempt 2")
+    [(first, started), (second, retried)] = seen
+    assert (first, second) == (1, 2)
+    assert retried - started >= 2.9  # not the 1 s tier: the ladder, due 3 s later
+
+
 async def test_outcomes_handled_skipped_retried_poisoned(
     prefix: str,
     publisher: Publisher,

@@ -288,9 +288,6 @@ def test_handler_error_parked_in_poison(
             3, Retry("busy", after=timedelta(seconds=1)), TIERS[0], id="after-beats-attempt"
         ),
         pytest.param(1, Retry("busy", after=60), TIERS[1], id="after-equal-to-a-tier"),
-        pytest.param(
-            1, Retry("busy", after=timedelta(hours=2)), TIERS[2], id="after-beyond-last-tier"
-        ),
         pytest.param(2, Exception("plain"), TIERS[1], id="plain-exception"),
     ],
 )
@@ -314,6 +311,23 @@ def test_ordinary_error_copies_to_a_retry_tier(
     }
     assert source.envelope is not None
     assert source.envelope.attempt == attempt  # the delivery's envelope is left alone
+
+
+@pytest.mark.parametrize("after", [timedelta(hours=2), timedelta(days=1)], ids=["2h", "1d"])
+def test_retry_after_beyond_the_last_tier_goes_through_the_ladder_due_exactly_then(
+    after: timedelta,
+) -> None:
+    assert after > TIERS[-1]
+    source = delivery(1)
+    decision = decide(source, Retry("busy", after=after), POLICY, NOW)
+    assert decision.step is Step.RESCHEDULE_THEN_ACK
+    assert decision.outcome is Outcome.RETRIED
+    assert decision.envelope is not None
+    assert decision.envelope.due_at == NOW + after  # never silently shortened to a tier
+    assert decision.envelope.attempt == 2
+    assert decision.envelope.headers()[LAST_ERROR] == repr(Retry("busy", after=after))
+    assert source.envelope is not None
+    assert decision.envelope.message_id == source.envelope.message_id
 
 
 def test_retry_copy_replaces_the_previous_last_error() -> None:
