@@ -172,6 +172,12 @@ class Dispatcher:
             return Outcome.ABANDONED
         return outcome
 
+    def abandoned(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
+        """Record a delivery left unacked without a decision (e.g. a handler cut off by
+        the grace period): the broker redelivers it; its outcome line still appears."""
+        delivery = Delivery(queue, message.headers or {})
+        self._record(Outcome.ABANDONED, message, delivery, time.monotonic(), reason=reason)
+
     def _record(
         self,
         outcome: Outcome,

@@ -142,6 +142,9 @@ class Worker:
                 if self._stopping.is_set():
                     return  # left unacked: redelivered after we close
                 await self.dispatcher.process(message, queue)
+            except asyncio.CancelledError:  # cut off by the grace period on stop
+                self.dispatcher.abandoned(message, queue, "cut off by the grace period")
+                raise
             except Exception:  # a bug of ours: give the delivery back, keep running
                 log.exception("worker.dispatch_failed", message_id=message.message_id)
                 with suppress(Exception):

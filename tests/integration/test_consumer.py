@@ -128,6 +128,29 @@ async def test_retry_after_longer_than_every_tier_waits_that_long(
     assert retried - started >= 2.9  # not the 1 s tier: the ladder, due 3 s later
 
 
+async def test_a_handler_cut_off_by_the_grace_period_is_recorded_as_abandoned(
+    prefix: str, publisher: Publisher, settings: Settings, cleanup: Cleanup, test_name: str
+) -> None:
+    cmd = command_for(f"{prefix}.slow")
+    app = Consumer()
+    started = asyncio.Event()
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    cleanup.track(app.topology(settings.prefix, settings.delivery_limit))
+    worker = Worker(app, settings, name=f"{test_name} worker")
+    await worker.start()
+    try:
+        await publisher.send(cmd(n=1))
+        await asyncio.wait_for(started.wait(), 10)
+    finally:
+        await worker.stop(grace_period=0.2)
+    assert worker.outcomes[Outcome.ABANDONED] == 1  # its outcome line was logged too
+
+
 async def test_outcomes_handled_skipped_retried_poisoned(
     prefix: str,
     publisher: Publisher,
