@@ -28,12 +28,11 @@ from postdate.errors import (
 from postdate.logs import get_logger
 from postdate.scheduling import Route
 
-# Publishes that share one deadline (the publish timeout).
-PIPELINE_WINDOW = 5000
-# Publishes written together and confirmed before the next ones are planned: when a
-# resource alarm blocks the connection, only these were planned before it (and may
-# arrive late by the time it lasted); the rest wait for it to end and are planned after.
-IN_FLIGHT = 1000
+# Publishes planned and written together, confirmed within one deadline (the publish
+# timeout) before the next ones are planned: when a resource alarm blocks the connection,
+# only these were planned before it (and may arrive late by the time it lasted); the
+# rest wait for it to end and are planned after.
+PIPELINE_WINDOW = 1000
 # Pause before publishing again what a lost connection interrupted.
 RETRY_PAUSE_SECONDS = 0.05
 
@@ -95,34 +94,33 @@ class ConfirmedChannel:
     async def _attempt(
         self, plans: Sequence[Plan], pending: list[int], results: list[PostdateError | None]
     ) -> list[int]:
-        """Publish ``pending`` once, ``IN_FLIGHT`` at a time; fill ``results``; return
-        those a lost connection interrupted, to publish again."""
+        """Publish ``pending`` once; fill ``results``; return those a lost connection
+        interrupted, to publish again."""
         underlay = await self._usable()
+        now = datetime.now(UTC)
+        batch: list[tuple[int, Outgoing]] = []
+        for index in pending:
+            planned = plans[index](now)
+            if isinstance(planned, PostdateError):
+                results[index] = planned
+            else:
+                batch.append((index, planned))
+        errors = await self._send(underlay, [outgoing for _, outgoing in batch])
         again = []
-        for start in range(0, len(pending), IN_FLIGHT):
-            chunk = pending[start : start + IN_FLIGHT]
-            # Planned only once the connection is not blocked by a resource alarm, so
-            # the ladder delay counts from (about) when the broker takes the message.
-            await underlay.connection.ready()
-            now = datetime.now(UTC)
-            batch: list[tuple[int, Outgoing]] = []
-            for index in chunk:
-                planned = plans[index](now)
-                if isinstance(planned, PostdateError):
-                    results[index] = planned
-                else:
-                    batch.append((index, planned))
-            errors = await self._send(underlay, [outgoing for _, outgoing in batch])
-            for (index, _), error in zip(batch, errors, strict=True):
-                results[index] = error
-                if isinstance(error, PublishInterrupted):
-                    again.append(index)
+        for (index, _), error in zip(batch, errors, strict=True):
+            results[index] = error
+            if isinstance(error, PublishInterrupted):
+                again.append(index)
         return again
 
     async def _usable(self) -> aiormq.abc.AbstractChannel:
-        """The channel once it can take publishes: reopened after a reconnect."""
+        """The channel once it can take publishes: reopened after a reconnect, and its
+        connection not blocked by a resource alarm (so that nothing is planned, then held:
+        the ladder delay counts from about when the broker takes the message)."""
         await self.channel.ready()
-        return await self.channel.get_underlay_channel()
+        underlay = await self.channel.get_underlay_channel()
+        await underlay.connection.ready()
+        return underlay
 
     async def _send(
         self, underlay: aiormq.abc.AbstractChannel, batch: Sequence[Outgoing]

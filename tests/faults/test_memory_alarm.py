@@ -44,6 +44,6 @@ async def test_memory_alarm_during_send_many(fault_node: str) -> None:
     assert report.early == 0
     # Each command is planned when it is written: those written after the block waited
     # for it and go out at once after it (the worker then works through them); only
-    # those written but not yet taken when it blocked (at most IN_FLIGHT) start their
+    # those written but not yet taken when it blocked (at most PIPELINE_WINDOW) start their
     # delay after it. Planned all before the block, the median was 3.1 s here.
     assert report.beyond_p50 <= 1.5, report.line("late")
