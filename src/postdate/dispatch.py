@@ -27,6 +27,7 @@ from postdate.envelope import Envelope, copy_properties
 from postdate.errors import InvalidMessage
 from postdate.logs import get_logger
 from postdate.outcomes import Outcome, Reason, Skip
+from postdate.poison import safe_repr
 from postdate.publisher import Publisher
 from postdate.retry import RetryPolicy
 from postdate.settle import (
@@ -44,6 +45,7 @@ from postdate.settle import (
 
 HOLD_LIMIT_SECONDS = 1.0
 _LOST_CHANNEL = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+ACK_LOST = "ack lost: channel closed, will be redelivered"
 
 log = get_logger(__name__)
 
@@ -80,10 +82,13 @@ class Dispatcher:
                 message, delivery, TooEarly(early), None, started, early_seconds=round(early, 3)
             )
         if early > 0:
-            await asyncio.sleep(early)
+            with metrics.held(queue).track_inprogress():
+                await asyncio.sleep(early)
             started = time.monotonic()
-        metrics.lateness_seconds(queue).observe(
-            max(0.0, (datetime.now(UTC) - envelope.due_at).total_seconds())
+        metrics.observe_start(
+            queue,
+            envelope.attempt,
+            max(0.0, (datetime.now(UTC) - envelope.due_at).total_seconds()),
         )
         result = await self._handle(envelope, registration, command)
         return await self._settle(message, delivery, result, registration.policy, started)
@@ -129,10 +134,39 @@ class Dispatcher:
         started: float,
         **fields: object,
     ) -> Outcome:
-        decision = decide(delivery, result, policy, datetime.now(UTC))
-        outcome, reason = await self._execute(message, delivery, decision)
-        self._record(outcome, message, delivery, started, reason=reason, **fields)
+        try:
+            outcome, reason, error = await self._settle_or_lose(message, delivery, result, policy)
+        except Exception as failure:  # a bug of ours: recorded, then the worker gives it back
+            failed = f"settle failed: {safe_repr(failure)}"
+            self._record(Outcome.ABANDONED, message, delivery, started, reason=failed, **fields)
+            raise
+        self._record(outcome, message, delivery, started, reason=reason, error=error, **fields)
         return outcome
+
+    async def _settle_or_lose(
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        result: Result,
+        policy: RetryPolicy | None,
+    ) -> tuple[Outcome, str, str]:
+        """Decide and carry out the settlement; returns (outcome, reason, error).
+
+        A delivery whose channel closed meanwhile cannot be acked any more (the broker
+        delivers it again): it is abandoned, whether its ack failed or the close cancelled
+        the settle step (aiormq cancels the deliveries of a channel that closes).
+        """
+        try:
+            decision = decide(delivery, result, policy, datetime.now(UTC))
+            outcome, reason = await self._execute(message, delivery, decision)
+        except asyncio.CancelledError as cut:
+            if not _channel_lost(message):
+                raise  # e.g. cut off by the grace period: the worker records it
+            _uncancel()
+            return Outcome.ABANDONED, ACK_LOST, _cause(cut)
+        except _LOST_CHANNEL as error:  # only the ack raises these out of _execute
+            return Outcome.ABANDONED, ACK_LOST, safe_repr(error)
+        return outcome, reason, ""
 
     async def _execute(
         self, message: AbstractIncomingMessage, delivery: Delivery, decision: Decision
@@ -153,7 +187,9 @@ class Dispatcher:
         if decision.step is Step.GIVE_BACK:
             await self._give_back(message, decision.reason)
             return decision.outcome, decision.reason
-        return await self._ack(message, decision.outcome), decision.reason
+        # Raises if the delivery's channel is gone: its tag means nothing on a new one.
+        await message.ack()
+        return decision.outcome, decision.reason
 
     async def _give_back(self, message: AbstractIncomingMessage, reason: str) -> None:
         """The successor could not be confirmed: give the delivery back, never drop it."""
@@ -161,16 +197,6 @@ class Dispatcher:
         # If the channel is gone, the broker requeues its unacked deliveries by itself.
         with contextlib.suppress(*_LOST_CHANNEL):
             await message.nack(requeue=True)
-
-    async def _ack(self, message: AbstractIncomingMessage, outcome: Outcome) -> Outcome:
-        try:
-            await message.ack()
-        except _LOST_CHANNEL as exc:
-            # The delivery came on a channel that is gone; its tag means nothing on the
-            # new one. The broker redelivers it: a duplicate, which handlers tolerate.
-            log.warning("ack.lost", message_id=message.message_id, error=repr(exc))
-            return Outcome.ABANDONED
-        return outcome
 
     def abandoned(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
         """Record a delivery left unacked without a decision (e.g. a handler cut off by
@@ -202,6 +228,29 @@ class Dispatcher:
             attempt=delivery.attempt,
             **{key: value for key, value in fields.items() if value not in ("", None)},
         )
+
+
+def _channel_lost(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``message`` came on is closed (so its delivery tag is void)."""
+    try:
+        return message.channel.is_closed
+    except _LOST_CHANNEL:  # aio-pika raises ChannelInvalidStateError for a closed one
+        return True
+
+
+def _uncancel() -> None:
+    """Take back the cancellation just caught: the task goes on to record its outcome."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _cause(cut: asyncio.CancelledError) -> str:
+    """What cancelled the task: aiormq gives the reason its channel closed."""
+    cause = cut.args[0] if cut.args else None
+    if isinstance(cause, BaseException):
+        return safe_repr(cause)
+    return "cancelled" if cause is None else repr(cause)
 
 
 def _decode(registration: Registration, envelope: Envelope) -> Command:

@@ -18,6 +18,11 @@ class ConfigError(PostdateError, ValueError):
     """A setting is missing or invalid; raised at start-up, before any connection."""
 
 
+class MetricsPortUnavailable(ConfigError):
+    """The worker cannot listen on its metrics port (``POSTDATE_METRICS_PORT``): it is in
+    use or not allowed. Raised by ``Worker.start`` before it opens anything."""
+
+
 class InvalidArgument(PostdateError, ValueError):
     """A function or class got an argument it cannot use (a bad retry policy, batch size...)."""
 
@@ -87,6 +92,11 @@ class PublishInterrupted(PublishError):
     """
 
 
+class PublishUnencodable(PublishError):
+    """The message could not be encoded as AMQP (a header value of a type AMQP has no
+    encoding for); nothing was sent, and sending it again cannot help."""
+
+
 class PublishTimeout(PublishError):
     """The broker did not confirm a publish within the publish timeout.
 
@@ -105,3 +115,11 @@ class InvalidMessage(PostdateError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
+
+
+class QueueNotFound(PostdateError):
+    """A queue an operation needs does not exist on the broker."""
+
+
+class ReadLockBusy(PostdateError):
+    """Another operator's read or move of the same parked queue did not end in time."""

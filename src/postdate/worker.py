@@ -14,8 +14,8 @@ import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from wsgiref.simple_server import WSGIServer
 
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -23,16 +23,26 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from postdate import metrics
 from postdate.connection import connect
 from postdate.consumer import Consumer
 from postdate.declare import declare_topology
 from postdate.dispatch import Dispatcher
-from postdate.errors import CommandDefinitionError
+from postdate.errors import CommandDefinitionError, PostdateError
+from postdate.health import (
+    POISON_POLL_SECONDS,
+    HealthServer,
+    Heartbeat,
+    Probes,
+    poll_poison_depths,
+    serve_health,
+)
 from postdate.logs import get_logger
-from postdate.metrics import serve_metrics
 from postdate.outcomes import Outcome
 from postdate.publisher import Publisher
+from postdate.registry import register
 from postdate.settings import Settings
+from postdate.unroutable import redeliver_unroutable
 
 log = get_logger(__name__)
 
@@ -45,6 +55,10 @@ class Worker:
     one of its own by default; a given one must be started, and is not closed, by the
     caller. :meth:`stop` stops consuming, lets running handlers finish within
     ``grace_period`` seconds, and leaves everything else unacked for redelivery.
+
+    With ``settings.metrics_port`` set, it serves ``/metrics``, ``/healthz`` and
+    ``/readyz`` there (see :mod:`postdate.health`) and reads the depth of its queues'
+    poison queues every ``poison_poll_seconds``.
     """
 
     def __init__(
@@ -73,12 +87,17 @@ class Worker:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[object]] = set()
         self._stopped = asyncio.Event()
-        self._metrics: WSGIServer | None = None
+        self._health: HealthServer | None = None
+        self._heartbeat = Heartbeat()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._poison_poller: asyncio.Task[None] | None = None
+        self.poison_poll_seconds = POISON_POLL_SECONDS
 
     @property
     def metrics_port(self) -> int | None:
-        """Where /metrics is served (``POSTDATE_METRICS_PORT``), or None."""
-        return None if self._metrics is None else int(self._metrics.server_port)
+        """Where /metrics, /healthz and /readyz are served (``POSTDATE_METRICS_PORT``;
+        the bound port when 0 was asked for), or None."""
+        return None if self._health is None else self._health.port
 
     @property
     def outcomes(self) -> Counter[Outcome]:
@@ -88,16 +107,19 @@ class Worker:
     async def start(self) -> None:
         """Connect, declare the app's topology and start consuming.
 
-        A start that fails closes what it opened (connections, metrics server) and runs
-        the shutdown hooks before it raises.
+        The metrics port is bound first: a busy one fails before anything is opened or
+        any hook runs. A start that fails later closes what it opened (connections,
+        metrics server) and runs the shutdown hooks before it raises.
 
         Raises:
+            MetricsPortUnavailable: the metrics port cannot be bound.
             BrokerUnavailable: the broker cannot be reached.
             TopologyMismatch: a queue exists with other arguments.
             CommandDefinitionError: the app has no handlers.
         """
         if not self.app.registrations:
             raise CommandDefinitionError("the consumer app has no handlers: nothing to consume")
+        self._serve_health()
         try:
             await self._start()
         except BaseException:
@@ -105,10 +127,21 @@ class Worker:
             raise
         log.info("worker.started", worker=self.name, queues=sorted(self.app.queues()))
 
+    def _serve_health(self) -> None:
+        """Serve the metrics port, if one is set (and not served yet).
+
+        Raises:
+            MetricsPortUnavailable: the port cannot be bound.
+        """
+        port = self.settings.metrics_port
+        if port is None or self._health is not None:
+            return
+        probes = Probes(self._heartbeat, self.readiness, asyncio.get_running_loop())
+        self._health = serve_health(port, probes)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat.run())
+        log.info("worker.metrics", port=self.metrics_port)
+
     async def _start(self) -> None:
-        if self.settings.metrics_port is not None and self._metrics is None:
-            self._metrics = serve_metrics(self.settings.metrics_port)
-            log.info("worker.metrics", port=self.metrics_port)
         for hook in self.app.startup_hooks:
             await hook()
         if self._owns_publisher:
@@ -119,8 +152,10 @@ class Worker:
             attempts=self.settings.connect_attempts,
             attempt_timeout=self.settings.connect_timeout,
         )
+        metrics.track_connected(self, self._is_connected)
         topology = self.app.topology(self.settings.prefix, self.settings.delivery_limit)
         await declare_topology(self._connection, topology)
+        await self._deliver_parked_commands()
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self.settings.prefetch)
         specs = {spec.name: spec for spec in topology.queues}
@@ -132,24 +167,93 @@ class Worker:
             )
             tag = await queue.consume(self._on_message(name))
             self._consumers.append((queue, tag))
+        if self._health is not None:
+            self._poison_poller = asyncio.create_task(
+                poll_poison_depths(self._connection, self.app.queues(), self.poison_poll_seconds)
+            )
+
+    async def readiness(self) -> str | None:
+        """Why this worker cannot take deliveries now, or None when it can.
+
+        Read from the connection and channel themselves, so it follows aio-pika's
+        reconnects: ``"stopping"`` once :meth:`stop` began, ``"not connected"`` while the
+        consuming connection is down, ``"not consuming"`` until the channel is open with
+        this worker's consumer registered on every one of its queues.
+        """
+        if self._stopping.is_set():
+            return "stopping"
+        if not self._is_connected():
+            return "not connected"
+        if not await self._is_consuming():
+            return "not consuming"
+        return None
+
+    def _is_connected(self) -> bool:
+        """Whether the consuming connection is open (cheap; read from any thread)."""
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            return False
+        transport = connection.transport
+        return transport is not None and not transport.connection.is_closed
+
+    async def _is_consuming(self) -> bool:
+        """Whether the channel is open with all of this worker's consumers registered."""
+        channel = self._channel
+        if channel is None or channel.is_closed or len(self._consumers) < len(self.app.queues()):
+            return False
+        # Returns at once: the connection is up (checked just before, nothing awaited since).
+        underlay = await channel.get_underlay_channel()
+        if not isinstance(underlay, aiormq.Channel):
+            return False
+        return all(tag in underlay.consumers for _, tag in self._consumers)
+
+    async def _deliver_parked_commands(self) -> None:
+        """Register the app's queues, and send on commands for them that wait in the
+        catch-all queue (sent before any worker declared their queue). A failure here is
+        logged: it must not keep the worker from consuming."""
+        assert self._connection is not None
+        queues = self.app.queues()
+        try:
+            await register(self._connection, self.settings.prefix, queues)
+            result = await redeliver_unroutable(self._connection, self.publisher, queues)
+        except PostdateError as exc:
+            log.warning("worker.unroutable.unchecked", error=str(exc))
+            return
+        if result.tally.moved:
+            log.warning(
+                "worker.unroutable.redelivered",
+                commands=len(result.tally.moved),
+                detail="commands sent before their queue existed were sent on",
+            )
+        if result.tally.error is not None:
+            log.error("worker.unroutable.stopped", error=str(result.tally.error))
 
     def _on_message(self, queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        in_flight = metrics.in_flight(queue)
+
         async def on_message(message: AbstractIncomingMessage) -> None:
             task = asyncio.current_task()
             assert task is not None
             self._in_flight.add(task)
+            in_flight.inc()
             try:
                 if self._stopping.is_set():
                     return  # left unacked: redelivered after we close
                 await self.dispatcher.process(message, queue)
-            except asyncio.CancelledError:  # cut off by the grace period on stop
-                self.dispatcher.abandoned(message, queue, "cut off by the grace period")
+            except asyncio.CancelledError:  # the grace period ended, or the channel closed
+                reason = (
+                    "cut off by the grace period"
+                    if self._stopping.is_set()
+                    else "channel closed: will be redelivered"
+                )
+                self.dispatcher.abandoned(message, queue, reason)
                 raise
             except Exception:  # a bug of ours: give the delivery back, keep running
                 log.exception("worker.dispatch_failed", message_id=message.message_id)
                 with suppress(Exception):
                     await message.nack(requeue=True)
             finally:
+                in_flight.dec()
                 self._in_flight.discard(task)
 
         return on_message
@@ -162,6 +266,7 @@ class Worker:
         self._stopping.set()
         grace = self.settings.grace_period if grace_period is None else grace_period
         await self._cancel_consumers()
+        await _cancel(self._poison_poller)
         pending = set(self._in_flight)
         if pending:
             log.info("worker.draining", in_flight=len(pending), grace_period=grace)
@@ -172,6 +277,7 @@ class Worker:
                 await asyncio.wait(late, timeout=5)
         if self._connection is not None:
             await self._connection.close()
+        metrics.untrack_connected(self)
         if self._owns_publisher:
             await self.publisher.close()
         for hook in reversed(self.app.shutdown_hooks):
@@ -179,9 +285,9 @@ class Worker:
                 await hook()
             except Exception as exc:
                 log.error("worker.shutdown_hook.failed", hook=repr(hook), error=repr(exc))
-        if self._metrics is not None:
-            await asyncio.to_thread(self._metrics.shutdown)
-            self._metrics.server_close()
+        await _cancel(self._heartbeat_task)
+        if self._health is not None:
+            await self._health.close()
         log.info("worker.stopped", worker=self.name, outcomes=dict(self.outcomes))
         self._stopped.set()
 
@@ -199,13 +305,22 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
         try:
-            await self.start()
-            await stop_requested.wait()
-            log.info("worker.signalled", worker=self.name)
+            await self.start()  # a start that fails has cleaned up after itself
+            try:
+                await stop_requested.wait()
+                log.info("worker.signalled", worker=self.name)
+            finally:
+                await self.stop()
         finally:
-            await self.stop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` (if any) and wait for it to end."""
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task])
 
 
 def run(app: Consumer, settings: Settings | None = None) -> None:
