@@ -11,6 +11,7 @@ ladder delay counts from then, however long the window waited. Broker errors bec
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -24,6 +25,7 @@ from postdate.errors import (
     PublishNacked,
     PublishReturned,
     PublishTimeout,
+    PublishUnencodable,
 )
 from postdate.logs import get_logger
 from postdate.scheduling import Route
@@ -35,6 +37,9 @@ from postdate.scheduling import Route
 PIPELINE_WINDOW = 1000
 # Pause before publishing again what a lost connection interrupted.
 RETRY_PAUSE_SECONDS = 0.05
+
+# What pamqp raises for a value it has no AMQP encoding for (it writes nothing then).
+ENCODING_ERRORS = (TypeError, ValueError, OverflowError, struct.error, UnicodeEncodeError)
 
 log = get_logger(__name__)
 
@@ -199,6 +204,8 @@ def _translate(error: BaseException, message_id: str, target: Route) -> Postdate
         )
     if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
         return PublishReturned(target.exchange, target.routing_key, str(error))
+    if isinstance(error, ENCODING_ERRORS):  # raised before anything was written
+        return PublishUnencodable(f"message {message_id} cannot be encoded as AMQP: {error!r}")
     return PublishInterrupted(
         f"publish of message {message_id} to {target.routing_key!r} was interrupted "
         f"(connection or channel lost; it may or may not have arrived): {error!r}"

@@ -10,7 +10,9 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import pamqp.encode
 from aio_pika.abc import AbstractIncomingMessage, HeadersType
+from pamqp.common import FieldValue
 
 from postdate.clock import from_epoch_ms, to_epoch_ms
 from postdate.command import Command, require_command
@@ -192,5 +194,54 @@ def copy_properties(
 
 
 def without_broker_headers(headers: HeadersType | None) -> HeadersType:
-    """``headers`` minus what the broker wrote (reliability rule 3: never carried along)."""
-    return {key: value for key, value in (headers or {}).items() if key not in BROKER_HEADERS}
+    """``headers`` minus what the broker wrote (reliability rule 3: never carried along),
+    each value in a form a copy can carry (see :func:`encodable`)."""
+    return encodable_table(
+        {key: value for key, value in (headers or {}).items() if key not in BROKER_HEADERS}
+    )
+
+
+def encodable_table(table: dict[Any, Any]) -> dict[str, FieldValue]:
+    """``table`` with every key and value made :func:`encodable` (nested ones too)."""
+    return {encodable_text(str(key)): encodable(value) for key, value in table.items()}
+
+
+def encodable(value: Any) -> FieldValue:
+    """``value`` as a header value pamqp can encode again, so that a copy can be published.
+
+    A delivery may carry values that pamqp decodes but cannot encode: a long string that
+    is not UTF-8 (another client's, handed over as ``bytes``), a decimal or a double out of
+    the range pamqp encodes, a time before 1970. Tables and arrays keep their shape, item
+    by item; bytes are kept, as a byte array; a string that is not UTF-8 (lone surrogates)
+    gets them escaped; anything else that does not encode becomes its ``repr``.
+    """
+    if isinstance(value, str):
+        return encodable_text(value)
+    if isinstance(value, dict):
+        return encodable_table(value)
+    if isinstance(value, list):
+        return [encodable(item) for item in value]
+    if isinstance(value, bytes):
+        return bytearray(value)
+    try:
+        pamqp.encode.encode_table_value(value)
+    except Exception:
+        return _stand_in(value)
+    return value  # type: ignore[no-any-return]
+
+
+def encodable_text(text: str) -> str:
+    """``text``, with what UTF-8 cannot encode (lone surrogates) backslash-escaped."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
+
+
+def _stand_in(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__qualname__} with a failing __repr__>"
+    return encodable_text(text)

@@ -1,4 +1,4 @@
-"""The poison queue: what a parked message carries, and the operator's list/replay/purge."""
+"""The poison queue: what a parked message carries (operator tools: :mod:`postdate.triage`)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, HeadersType
+from aio_pika.abc import AbstractIncomingMessage, HeadersType
 
 from postdate.clock import from_epoch_ms, to_epoch_ms
 from postdate.envelope import (
     ATTEMPT,
     HEADER_PREFIX,
     QUEUE,
-    copy_properties,
+    encodable_text,
     without_broker_headers,
 )
 from postdate.outcomes import Reason
-from postdate.publisher import Publisher
-from postdate.topology import poison_queue
 
 REASON = "x-postdate-poison-reason"
 ERROR_TYPE = "x-postdate-error-type"
@@ -79,15 +77,18 @@ def poison_headers(
     now: datetime,
     error: BaseException | None = None,
 ) -> HeadersType:
-    """The headers of a poison copy: the delivery's own (broker headers dropped), plus
-    the reason, the error, the attempts, when and where it failed."""
+    """The headers of a poison copy: the delivery's own (broker headers dropped, any value
+    made one a copy can carry), plus the reason, the error, the attempts, when and where
+    it failed."""
     parked = without_broker_headers(headers)
     parked.update(
         {
             REASON: reason.value,
-            ERROR_TYPE: type(error).__qualname__ if error is not None else "",
-            ERROR_MESSAGE: bounded(safe_str(error) if error is not None else "", MAX_MESSAGE_CHARS),
-            TRACEBACK: bounded(_traceback_of(error), MAX_TRACEBACK_CHARS),
+            ERROR_TYPE: encodable_text(type(error).__qualname__) if error is not None else "",
+            ERROR_MESSAGE: _bounded_text(
+                safe_str(error) if error is not None else "", MAX_MESSAGE_CHARS
+            ),
+            TRACEBACK: _bounded_text(_traceback_of(error), MAX_TRACEBACK_CHARS),
             ATTEMPTS: attempts,
             FAILED_AT: to_epoch_ms(now),
             CONSUMER: consumer_id(),
@@ -95,6 +96,12 @@ def poison_headers(
         }
     )
     return parked
+
+
+def _bounded_text(text: str, limit: int) -> str:
+    """``text`` as a header can carry it (see :func:`~postdate.envelope.encodable_text`),
+    :func:`bounded` to ``limit`` characters."""
+    return bounded(encodable_text(text), limit)
 
 
 def _traceback_of(error: BaseException | None) -> str:
@@ -170,66 +177,3 @@ def replay_headers(headers: HeadersType | None) -> HeadersType:
     if any(key.startswith(HEADER_PREFIX) for key in replayed):
         replayed[ATTEMPT] = 1
     return replayed
-
-
-async def list_poison(
-    connection: AbstractConnection, queue: str, limit: int = 100
-) -> list[PoisonEntry]:
-    """Read up to ``limit`` parked messages of command queue ``queue`` without removing them."""
-    channel = await connection.channel()
-    try:
-        parked = await channel.get_queue(poison_queue(queue), ensure=True)
-        entries = []
-        for _ in range(limit):
-            message = await parked.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            entries.append(PoisonEntry.from_message(message, queue))
-        return entries
-    finally:
-        await channel.close()  # every unacked message goes back to the poison queue
-
-
-async def replay_poison(
-    connection: AbstractConnection,
-    publisher: Publisher,
-    queue: str,
-    message_ids: set[str] | None = None,
-    limit: int = 10_000,
-) -> list[str]:
-    """Move parked messages back to their origin queue (all, or those in ``message_ids``).
-
-    Each copy is confirmed before its poison message is acked. Returns the replayed ids.
-
-    Raises:
-        PublishError: a copy was not confirmed (it stays parked, as do those not reached).
-    """
-    channel = await connection.channel()
-    replayed: list[str] = []
-    try:
-        parked = await channel.get_queue(poison_queue(queue), ensure=True)
-        for _ in range(limit):
-            message = await parked.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            if message_ids is not None and message.message_id not in message_ids:
-                continue  # left unacked: returns to the poison queue when the channel closes
-            entry = PoisonEntry.from_message(message, queue)
-            copy = copy_properties(message, replay_headers(message.headers))
-            await publisher.republish(message.body, copy, entry.origin_queue)
-            await message.ack()
-            replayed.append(message.message_id or "")
-        return replayed
-    finally:
-        await channel.close()
-
-
-async def purge_poison(connection: AbstractConnection, queue: str) -> int:
-    """Delete every parked message of ``queue``; returns how many were deleted."""
-    channel = await connection.channel()
-    try:
-        parked = await channel.get_queue(poison_queue(queue), ensure=True)
-        result = await parked.purge()
-        return int(result.message_count or 0)
-    finally:
-        await channel.close()

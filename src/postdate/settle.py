@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from aio_pika.abc import HeadersType
 
-from postdate.envelope import ATTEMPT, Envelope
+from postdate.envelope import ATTEMPT, Envelope, encodable_text
 from postdate.errors import DelayError, InvalidMessage, PublishReturned
 from postdate.outcomes import Outcome, Reason, Retry, Skip
 from postdate.poison import bounded, poison_headers, safe_repr
@@ -136,7 +136,8 @@ def _failed(
     if policy.exhausted(envelope.attempt):
         return poison(delivery, Reason.EXHAUSTED, error, now, safe_repr(error))
     after = error.after if isinstance(error, Retry) else None
-    copy = envelope.next_attempt(**{LAST_ERROR: bounded(safe_repr(error), LAST_ERROR_CHARS)})
+    last_error = bounded(encodable_text(safe_repr(error)), LAST_ERROR_CHARS)
+    copy = envelope.next_attempt(**{LAST_ERROR: last_error})
     if after is not None and after > policy.tiers[-1]:
         # Longer than any tier: the delay ladder waits exactly that long, no tier needed.
         later = dataclasses.replace(copy, due_at=now + after)

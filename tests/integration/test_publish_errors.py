@@ -6,12 +6,20 @@ import asyncio
 import socket
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
+import aiormq
 import pytest
 import yarl
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate.errors import BrokerUnavailable, DelayError, PublisherNotStarted, PublishReturned
+from postdate.errors import (
+    BrokerUnavailable,
+    DelayError,
+    PublisherNotStarted,
+    PublishReturned,
+    PublishUnencodable,
+)
 from postdate.publisher import Publisher
 from postdate.scheduling import When
 from postdate.settings import Settings
@@ -96,3 +104,18 @@ async def test_send_after_close_says_the_publisher_is_not_started(publisher: Pub
     await publisher.close()
     with pytest.raises(PublisherNotStarted):
         await publisher.send(Ping(n=1))
+
+
+async def test_a_message_that_cannot_be_encoded_fails_at_once_not_after_the_timeout(
+    publisher: Publisher, cleanup: Cleanup, connection: AbstractRobustConnection, prefix: str
+) -> None:
+    queue = cleanup.track_queue(f"{prefix}.encoding")
+    channel = await connection.channel()
+    await channel.declare_queue(queue, durable=True)
+    await channel.close()
+    headers: dict[str, Any] = {"x": object()}  # no AMQP type encodes an object
+    unencodable = aiormq.spec.Basic.Properties(message_id="m1", headers=headers)
+    started = time.monotonic()
+    with pytest.raises(PublishUnencodable, match="cannot be encoded"):
+        await publisher.republish(b"{}", unencodable, queue)
+    assert time.monotonic() - started < 2  # not retried until the 30 s publish timeout

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
+import pamqp.decode
+import pamqp.encode
 import pytest
 from aio_pika.abc import HeadersType
 
@@ -241,6 +245,104 @@ def test_poison_headers_of_a_raised_error_that_cannot_be_printed(error: Exceptio
     assert isinstance(trace, str)
     assert type(error).__qualname__ in trace
     assert parked[ERROR_TYPE] == type(error).__qualname__
+
+
+# --- any header value: the poison copy can always be published ---------------------------
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def encoded(headers: HeadersType) -> HeadersType:
+    """``headers`` as a consumer of the copy gets them: encoded by pamqp (as the publish
+    does; raises if it cannot), then decoded."""
+    _, decoded = pamqp.decode.field_table(pamqp.encode.field_table(headers))
+    return decoded
+
+
+def from_another_client(name: str, raw: bytes) -> HeadersType:
+    """Headers whose long string ``name`` holds ``raw`` (e.g. not UTF-8), decoded as
+    aio-pika hands them to the worker."""
+    entry = bytes([len(name)]) + name.encode() + b"S" + struct.pack(">I", len(raw)) + raw
+    _, headers = pamqp.decode.field_table(struct.pack(">I", len(entry)) + entry)
+    return headers
+
+
+ODD_VALUES = [
+    pytest.param(b"\xff\xfe ok", bytearray(b"\xff\xfe ok"), id="longstr-not-utf8"),
+    pytest.param(b"plain", bytearray(b"plain"), id="bytes"),
+    pytest.param(
+        {"inner": b"\xc3\x28", "fine": "v"},
+        {"inner": bytearray(b"\xc3\x28"), "fine": "v"},
+        id="table-with-bytes",
+    ),
+    pytest.param([b"\x80", 1, "a"], [bytearray(b"\x80"), 1, "a"], id="array-with-bytes"),
+    pytest.param({"a": [{"b": b"\xff"}]}, {"a": [{"b": bytearray(b"\xff")}]}, id="deep"),
+    pytest.param({"k\udcff": 1}, {"k\\udcff": 1}, id="key-lone-surrogate"),
+    pytest.param("bad \udcff", "bad \\udcff", id="str-lone-surrogate"),
+    pytest.param(Decimal("1.50"), Decimal("1.50"), id="decimal"),
+    pytest.param(Decimal(3_000_000_000), "Decimal('3000000000')", id="decimal-beyond-range"),
+    pytest.param(Decimal("NaN"), "Decimal('NaN')", id="decimal-nan"),
+    pytest.param(datetime(2030, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC), id="time"),
+    pytest.param(
+        datetime(1960, 1, 1, tzinfo=UTC),
+        "datetime.datetime(1960, 1, 1, 0, 0, tzinfo=datetime.timezone.utc)",
+        id="time-before-1970",
+    ),
+    pytest.param(1.5, 1.5, id="float"),
+    pytest.param(1e300, "1e+300", id="float-too-large"),
+    pytest.param(2**64, "18446744073709551616", id="int-beyond-64-bits"),
+    pytest.param(-(2**63), -(2**63), id="int64-min"),
+    pytest.param(bytearray(b"\x00\xff"), bytearray(b"\x00\xff"), id="bytearray"),
+    pytest.param(None, None, id="void"),
+    pytest.param(True, True, id="bool"),
+    pytest.param("fine", "fine", id="str"),
+    pytest.param((1, 2), "(1, 2)", id="tuple"),
+    pytest.param(Opaque(), "<opaque>", id="object"),
+]
+
+
+@pytest.mark.parametrize(("value", "carried"), ODD_VALUES)
+def test_poison_headers_carry_any_header_value(value: object, carried: object) -> None:
+    parked = park({**OWN, "x-odd": value}, ValueError("bad"), reason=Reason.UNKNOWN_TYPE)  # type: ignore[dict-item]
+    assert parked["x-odd"] == carried
+    assert type(parked["x-odd"]) is type(carried)
+    delivered = encoded(parked)  # the copy can be published
+    assert delivered[REASON] == "unknown-type"
+    assert delivered[ATTEMPT] == 3
+
+
+def test_poison_headers_carry_every_odd_value_at_once() -> None:
+    headers: HeadersType = {f"x-odd-{n}": param.values[0] for n, param in enumerate(ODD_VALUES)}  # type: ignore[misc]
+    delivered = encoded(park({**BROKER, **OWN, **headers}, ValueError("bad")))
+    assert delivered[REASON] == "attempts-exhausted"
+    assert set(delivered) == set(headers) | set(OWN) | set(POISON_HEADERS) | {ORIGIN_QUEUE}
+
+
+def test_poison_headers_of_a_longstr_from_another_client_that_is_not_utf8() -> None:
+    headers = {**OWN, **from_another_client("x-trace", b"\xff\xfe\x00id")}
+    assert type(headers["x-trace"]) is bytes  # what pamqp hands over for such a string
+    with pytest.raises(TypeError):
+        pamqp.encode.field_table(headers)  # ...and cannot encode again: why copies failed
+    delivered = encoded(park(headers, KeyError("k"), reason=Reason.PERMANENT))
+    assert delivered["x-trace"] == b"\xff\xfe\x00id"  # the same bytes, as a byte array
+    assert delivered[REASON] == "permanent-error"
+    assert delivered[ORIGIN_QUEUE] == "orders.expire"
+
+
+def test_poison_headers_of_an_error_whose_text_is_not_utf8() -> None:
+    parked = park(OWN, raised(ValueError("no file \udcff\udcfe")))
+    delivered = encoded(parked)
+    assert delivered[ERROR_MESSAGE] == "no file \\udcff\\udcfe"
+    assert "no file \\udcff\\udcfe" in str(delivered[TRACEBACK])
+
+
+def test_replayed_copy_of_odd_headers_can_be_published() -> None:
+    parked = park({**OWN, **from_another_client("x-trace", b"\xff")}, ValueError("bad"))
+    replayed = encoded(replay_headers(parked))
+    assert replayed == {**OWN, ATTEMPT: 1, "x-trace": b"\xff"}
 
 
 def test_consumer_id_is_host_and_pid() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
+import pamqp.encode
 import pytest
 from aio_pika.abc import HeadersType
 from pydantic import ValidationError
@@ -377,6 +379,50 @@ def test_copies_never_carry_broker_headers(source: Delivery, result: Result) -> 
     assert decision.step is Step.COPY_THEN_ACK
     assert decision.headers
     assert_no_broker_headers(decision)
+
+
+class NotUtf8(Exception):
+    """An error whose text is not UTF-8 (a lone surrogate, as ``os.fsdecode`` may give)."""
+
+    def __str__(self) -> str:
+        return "no file \udcff"
+
+    def __repr__(self) -> str:
+        return "NotUtf8('\udcff')"
+
+
+# Header values pamqp decodes but cannot encode again as they are.
+ODD: HeadersType = {
+    "x-odd": b"\xff\xfe",  # a long string of another client that is not UTF-8
+    "x-table": {"k": [b"\x80"]},
+    "x-big": Decimal(3_000_000_000),
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "result"),
+    [
+        pytest.param(delivery(1), NotUtf8(), id="retry-error-text-not-utf8"),
+        pytest.param(delivery(4), raised(NotUtf8()), id="exhausted-error-text-not-utf8"),
+        pytest.param(delivery(1), CardDeclined("no \udcff"), id="permanent-error-not-utf8"),
+        pytest.param(
+            Delivery(QUEUE_NAME, {**BROKER, **ODD, ATTEMPT: 2}),
+            Undecodable(ValueError("bad")),
+            id="undecodable-odd-headers",
+        ),
+        pytest.param(
+            Delivery(QUEUE_NAME, dict(ODD)),
+            Undecodable(InvalidMessage(Reason.UNKNOWN_TYPE, "no handler for type 'X'")),
+            id="unknown-type-odd-headers",
+        ),
+    ],
+)
+def test_every_copy_can_be_published_whatever_the_delivery_carried(
+    source: Delivery, result: Result
+) -> None:
+    decision = decide(source, result, POLICY, NOW)
+    assert decision.step is Step.COPY_THEN_ACK
+    pamqp.encode.field_table(decision.headers)  # what the publish does: must not raise
 
 
 @pytest.mark.parametrize(
