@@ -1,32 +1,42 @@
-"""consumers/supervisord.conf really runs: real supervisord, stopped through supervisorctl."""
+"""consumers/supervisord.conf really runs: real supervisord started by consumers/supervisor.sh
+in a run directory of the test's own, stopped through supervisorctl."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
-import threading
+import urllib.request
+import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
+from orders.commands import expire_command_for
 from postdate import Publisher, Settings
+from postdate.topology import command_queue_topology
 from tests.helpers import Cleanup, collect, eventually
 from tests.integration.test_faults import wait_for_consumer
 
 ROOT = Path(__file__).resolve().parents[2]
+WRAPPER = ROOT / "consumers" / "supervisor.sh"
 CONF = ROOT / "consumers" / "supervisord.conf"
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.timeout(180)
+WORKERS = ("expire_reservation_00", "expire_reservation_01")
+PROCESSES = (*WORKERS, "outbox_relay")
+SENT = 1500
+pytestmark = pytest.mark.timeout(120)
 
 
 def supervisorctl(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
-        [str(BIN / "supervisorctl"), "-c", str(CONF), *args],
+        [str(WRAPPER), "ctl", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -36,44 +46,82 @@ def supervisorctl(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-def log_events(path: Path) -> list[dict[str, object]]:
-    """Every JSON object in the log; supervisord may glue two programs' lines together."""
-    text = path.read_text(errors="replace")
-    decoder = json.JSONDecoder()
-    events, position = [], text.find("{")
-    while position != -1:
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
         try:
-            event, end = decoder.raw_decode(text, position)
-        except json.JSONDecodeError:
-            position = text.find("{", position + 1)
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-        position = text.find("{", end)
-    return events
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
-def handled_ids(path: Path, queue: str) -> set[str]:
-    return {
+def free_port_prefix() -> str:
+    """A prefix P whose ports P00 and P01 are free, below Linux's ephemeral range."""
+    for _ in range(100):
+        prefix = str(random.randint(200, 326))
+        if all(port_is_free(int(f"{prefix}{n:02d}")) for n in range(len(WORKERS))):
+            return prefix
+    raise AssertionError("no free pair of metrics ports")
+
+
+def log_lines(run_dir: Path, process: str) -> list[str]:
+    path = run_dir / f"{process}.log"
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+
+def events(run_dir: Path, process: str) -> list[dict[str, object]]:
+    """The process's log events; every line must be one whole JSON object."""
+    parsed = []
+    for line in log_lines(run_dir, process):
+        event = json.loads(line)  # a glued or cut line fails here
+        assert isinstance(event, dict), line
+        parsed.append(event)
+    return parsed
+
+
+def settled_ids(run_dir: Path, queue: str, processes: Sequence[str] = WORKERS) -> list[str]:
+    """Message ids the ``processes`` settled (acked) on ``queue``, one per settlement."""
+    return [
         str(event["message_id"])
-        for event in log_events(path)
+        for process in processes
+        for event in events(run_dir, process)
         if event.get("event") == "message"
         and event.get("queue") == queue
-        and event.get("outcome") == "handled"
-    }
+        and event.get("outcome") in ("handled", "skipped")
+    ]
+
+
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.status == 200
+        return str(response.read().decode())
 
 
 @pytest.fixture
-def supervisor_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"  # supervisor.sh creates it
+
+
+@pytest.fixture
+def queue(prefix: str) -> str:
+    return f"{prefix}.orders.expire_reservation"
+
+
+@pytest.fixture
+def supervisor_env(settings: Settings, tmp_path: Path, run_dir: Path, queue: str) -> dict[str, str]:
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RABBITMQ_URL": settings.url,
         "POSTDATE_PREFIX": settings.prefix,
         "POSTDATE_GRACE_PERIOD": "5",
+        "POSTDATE_RUN_DIR": str(run_dir),
+        "POSTDATE_METRICS_PORT_PREFIX": free_port_prefix(),
+        "ORDERS_EXPIRE_QUEUE": queue,
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}",
         "PYTHONPATH": str(ROOT),
     }
+    env.pop("POSTDATE_METRICS_PORT", None)
     return env
 
 
@@ -81,64 +129,67 @@ async def test_supervisord_runs_the_consumers_and_stops_them_without_loss(
     settings: Settings,
     cleanup: Cleanup,
     supervisor_env: dict[str, str],
-    tmp_path: Path,
+    run_dir: Path,
+    queue: str,
     connection: AbstractRobustConnection,
 ) -> None:
-    sys.path.insert(0, str(ROOT))
-    example = importlib.import_module("consumers.example")
-    for module in ("consumers.example", "consumers.expire_reservation"):
-        app = importlib.import_module(module).app
-        cleanup.track(app.topology(settings.prefix, settings.delivery_limit))
-    queue = example.Remind.queue
-    log_path = tmp_path / "supervisord.log"
-    # A pipe, not a file: each program's /dev/stdout reopens the target, and reopened
-    # regular files would overwrite each other from offset 0.
+    cleanup.track(command_queue_topology(settings.prefix, queue))
     supervisord = subprocess.Popen(
-        [str(BIN / "supervisord"), "-c", str(CONF)],
+        [str(WRAPPER)],
         env=supervisor_env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,  # supervisord's own log is in the run directory too
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    copier = threading.Thread(target=_copy, args=(supervisord, log_path), daemon=True)
-    copier.start()
     try:
         await eventually(
-            lambda: supervisorctl(supervisor_env, "status").count("RUNNING") == 5,
+            lambda: supervisorctl(supervisor_env, "status").count("RUNNING") == len(PROCESSES),
             60,
-            "5 processes RUNNING",
+            f"{len(PROCESSES)} processes RUNNING",
             interval=0.2,  # each poll runs supervisorctl
         )
-        # RUNNING is supervisord's view; the queue exists once a worker declared it.
-        await wait_for_consumer(settings.url, queue, consumers=2)
+        # The socket, pid file and every log live in the run directory, nowhere else.
+        assert "/tmp" not in CONF.read_text()
+        assert (run_dir / "supervisor.sock").is_socket()
+        assert (run_dir / "supervisord.pid").read_text().strip() == str(supervisord.pid)
+        assert "spawned: 'outbox_relay'" in (run_dir / "supervisord.log").read_text()
+        await wait_for_consumer(settings.url, queue, consumers=len(WORKERS))
+
+        # One metrics port per worker process, each answering.
+        base = supervisor_env["POSTDATE_METRICS_PORT_PREFIX"]
+        for number, process in enumerate(WORKERS):
+            port = int(f"{base}{number:02d}")
+            served = [e for e in events(run_dir, process) if e.get("event") == "worker.metrics"]
+            assert [event["port"] for event in served] == [port]
+            assert "postdate_messages" in metrics(port)
+
+        # Both workers log a line per message at the same time.
+        command = expire_command_for(queue)
         async with Publisher(settings=settings, connection_name="pytest supervisord") as pub:
             ids = await pub.send_many(
-                (example.Remind(text=f"r{n}"), timedelta(seconds=(n % 50) / 10)) for n in range(400)
+                (command(order_id=uuid.uuid4()), timedelta(seconds=(n % 20) / 10))
+                for n in range(SENT)
             )
-        await eventually(lambda: len(handled_ids(log_path, queue)) >= 100, 60, "100 handled")
+        await eventually(
+            lambda: len(settled_ids(run_dir, queue)) >= SENT // 2, 60, f"{SENT // 2} settled"
+        )
         stopped = supervisorctl(supervisor_env, "stop", "all")
-        assert stopped.count("stopped") == 5, stopped
-        handled = handled_ids(log_path, queue)
-        assert handled <= set(ids)
-        remaining = len(set(ids) - handled)
+        assert stopped.count("stopped") == len(PROCESSES), stopped
+
+        # Whole JSON lines only, from both workers, and no command lost by the stop.
+        assert all(settled_ids(run_dir, queue, [process]) for process in WORKERS)
+        settled = set(settled_ids(run_dir, queue))
+        assert settled <= set(ids)
+        remaining = len(set(ids) - settled)
         leftovers = await collect(connection, queue, remaining, timeout=15) if remaining else []
-        assert handled | {item.message.message_id for item in leftovers} == set(ids)
-        stops = [e for e in log_events(log_path) if e.get("event") == "worker.stopped"]
-        assert len(stops) == 4  # every worker stopped cleanly on SIGTERM
+        assert settled | {item.message.message_id for item in leftovers} == set(ids)
+        for process in WORKERS:  # every worker stopped cleanly on SIGTERM
+            assert [e for e in events(run_dir, process) if e.get("event") == "worker.stopped"]
+        assert events(run_dir, "outbox_relay")
     finally:
         supervisorctl(supervisor_env, "shutdown")
         try:
             supervisord.wait(30)
         except subprocess.TimeoutExpired:
             supervisord.kill()
-        copier.join(10)
-        if supervisord.stdout is not None:
-            supervisord.stdout.close()
-
-
-def _copy(process: subprocess.Popen[bytes], path: Path) -> None:
-    assert process.stdout is not None
-    with path.open("wb") as sink:
-        for line in process.stdout:
-            sink.write(line)
-            sink.flush()
+            supervisord.wait()
