@@ -9,6 +9,7 @@ import time
 import types
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Self, TypeVar, cast
 
 import aio_pika
@@ -17,9 +18,20 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from postdate.command import Command
 from postdate.connection import named_url
-from postdate.declare import declare_topology, delete_topology
+from postdate.declare import declare_topology, delete_topology, queue_exists
+from postdate.envelope import Envelope
+from postdate.registry import registered, registry_queue, registry_topology
+from postdate.scheduling import plan
 from postdate.settings import DEFAULT_URL
-from postdate.topology import ExchangeSpec, ExchangeType, QueueSpec, Topology, ladder_topology
+from postdate.topology import (
+    ExchangeSpec,
+    ExchangeType,
+    Names,
+    QueueSpec,
+    Topology,
+    command_queue_topology,
+    ladder_topology,
+)
 
 C = TypeVar("C", bound=Command)
 
@@ -218,12 +230,21 @@ class Cleanup:
         await declare_topology(connection, self.track(topology))
         return topology
 
+    async def _track_registered(self, connection: AbstractConnection) -> None:
+        """Command queues that workers and publishers registered (and the registry)."""
+        if not await queue_exists(connection, registry_queue(self.prefix)):
+            return
+        for queue in await registered(connection, self.prefix):
+            self.track(command_queue_topology(self.prefix, queue, retry_tiers=()))
+        self.track(registry_topology(self.prefix))
+
     async def run(self, lanes: int = 4) -> None:
         """Delete everything tracked on a fresh connection, ignoring what is already gone
         (with :func:`postdate.declare.delete_topology`, queues before exchanges).
         """
         connection = await aio_pika.connect(amqp_url(f"{self.connection_name} cleanup", self.url))
         try:
+            await self._track_registered(connection)
             await _delete_all(connection, self.queue_names(), queue=True, lanes=lanes)
             # One lane: RabbitMQ 3.10 crashes the connection (INTERNAL_ERROR) when
             # exchanges bound to each other are deleted at once on different channels.
@@ -300,3 +321,25 @@ async def open_connection_names() -> list[str]:
         if marker in line:
             names.append(line.split(marker, 1)[1].split('"', 1)[0])
     return names
+
+
+async def send_around_the_publisher(
+    connection: AbstractConnection, prefix: str, command: Command, delay: float = 0
+) -> str:
+    """Publish ``command`` through the ladder as another client would: nobody makes
+    sure its queue exists."""
+    now = datetime.now(UTC)
+    envelope = Envelope.for_command(command, now + timedelta(seconds=delay))
+    target = plan(Names(prefix), envelope, now)
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_publish(
+            envelope.body,
+            exchange=target.exchange,
+            routing_key=target.routing_key,
+            properties=envelope.properties(target.cc),
+        )
+    finally:
+        await channel.close()
+    return envelope.message_id

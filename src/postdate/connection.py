@@ -70,8 +70,9 @@ async def connect(
             "check the user, password and permissions in RABBITMQ_URL"
         ) from exc
     except _RETRYABLE as exc:
+        reason = str(exc) or type(exc).__name__  # a timeout has no message of its own
         raise BrokerUnavailable(
-            f"cannot reach RabbitMQ at {redacted(url)} after {attempts} attempts: {exc}"
+            f"cannot reach RabbitMQ at {redacted(url)} after {attempts} attempts: {reason}"
         ) from exc
     except aiormq.exceptions.AMQPError as exc:  # e.g. a vhost that does not exist
         raise BrokerUnavailable(

@@ -38,9 +38,8 @@ class Consumer:
         async def expire(cmd: ExpireReservation, ctx: Context) -> None: ...
     """
 
-    def __init__(self, *, delivery_limit: int | None = None) -> None:
+    def __init__(self) -> None:
         self.registrations: dict[str, Registration] = {}
-        self.delivery_limit = delivery_limit
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
 
@@ -101,6 +100,6 @@ class Consumer:
                 prefix,
                 queue,
                 retry_tiers=self.tiers(queue),
-                delivery_limit=self.delivery_limit or delivery_limit,
+                delivery_limit=delivery_limit,
             )
         return topology

@@ -19,18 +19,22 @@ from postdate import scheduling
 from postdate.command import Command
 from postdate.confirm import PIPELINE_WINDOW, ConfirmedChannel, Outgoing, Plan, raise_first
 from postdate.connection import connect
-from postdate.declare import declare_topology
+from postdate.declare import declare_topology, exchange_exists, queue_exists
 from postdate.envelope import Envelope
 from postdate.errors import (
     DelayError,
     PostdateError,
     PublisherNotStarted,
 )
+from postdate.logs import get_logger
+from postdate.registry import register
 from postdate.scheduling import When
 from postdate.settings import Settings
-from postdate.topology import Names, ladder_topology
+from postdate.topology import Names, command_queue_topology, ladder_topology
 
 Properties = aiormq.spec.Basic.Properties
+
+log = get_logger(__name__)
 
 
 class Publisher:
@@ -60,6 +64,9 @@ class Publisher:
         self._connection_name = connection_name or f"postdate-publisher-{os.getpid()}"
         self._connection: AbstractRobustConnection | None = None
         self._confirms: ConfirmedChannel | None = None
+        self._queues_seen: set[str] = set()
+        # Command queues this publisher had to declare: no worker had declared them.
+        self.declared_queues: list[str] = []
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: object) -> Publisher:
@@ -180,10 +187,50 @@ class Publisher:
         typed error (:class:`DelayError` for a due time beyond the ladder's reach, a
         :class:`PublishError` otherwise; a :class:`PublishTimeout` may have arrived).
 
+        The first publish to a queue makes sure the queue exists: a command queue no
+        worker has declared yet (the first deploy) is declared, with its poison queue,
+        as its worker declares it, and a warning is logged.
+
         Raises:
             PublisherNotStarted: not started, or closed.
+            BrokerUnavailable: the queue check failed for a lost connection.
+            TopologyMismatch: see :func:`~postdate.declare.declare_topology`.
         """
+        await self._ensure_queues({envelope.queue for envelope in envelopes})
         return await self._confirmed([self._plan(envelope) for envelope in envelopes])
+
+    async def _ensure_queues(self, queues: set[str]) -> None:
+        new = queues - self._queues_seen
+        if not new:
+            return
+        if self._connection is None:
+            raise PublisherNotStarted("Publisher is not started: use `async with Publisher(...)`")
+        connection = self._connection
+        missing = [queue for queue in sorted(new) if not await queue_exists(connection, queue)]
+        if missing and not await exchange_exists(connection, self.names.deliver):
+            return  # no ladder: the publish is returned, and its error says to declare it
+        for queue in missing:
+            await self._declare_command_queue(connection, queue)
+        if missing:
+            await register(connection, self.settings.prefix, missing)
+        self._queues_seen |= new
+
+    async def _declare_command_queue(
+        self, connection: AbstractRobustConnection, queue: str
+    ) -> None:
+        """Declare ``queue`` and its poison queue as a worker does (same settings, same
+        arguments), and say so loudly: no worker has declared it yet."""
+        topology = command_queue_topology(
+            self.settings.prefix, queue, retry_tiers=(), delivery_limit=self.settings.delivery_limit
+        )
+        await declare_topology(connection, topology)
+        self.declared_queues.append(queue)
+        log.warning(
+            "publisher.declared_queue",
+            queue=queue,
+            detail="no worker has declared this queue yet: its commands wait there for "
+            "one (is the queue name right?)",
+        )
 
     async def republish(self, body: bytes, properties: Properties, queue: str) -> None:
         """Publish a copy of a delivery straight into ``queue``, confirmed (retry, poison
@@ -194,8 +241,22 @@ class Publisher:
                 (see :meth:`send`).
             PublisherNotStarted: not started, or closed.
         """
-        copy = Outgoing(body, properties, scheduling.to_queue(queue))
-        raise_first(await self._confirmed([lambda _: copy]))
+        raise_first(await self.republish_each([(body, properties, queue)]))
+
+    async def republish_each(
+        self, copies: Sequence[tuple[bytes, Properties, str]]
+    ) -> list[PostdateError | None]:
+        """Publish ``(body, properties, queue)`` copies straight into their queues,
+        pipelining confirms; returns, in order, None per confirmed copy or its error.
+
+        Raises:
+            PublisherNotStarted: not started, or closed.
+        """
+        outgoing = [
+            Outgoing(body, properties, scheduling.to_queue(queue))
+            for body, properties, queue in copies
+        ]
+        return await self._confirmed([_fixed(copy) for copy in outgoing])
 
     def _plan(self, envelope: Envelope) -> Plan:
         def planned(now: datetime) -> Outgoing | PostdateError:
@@ -211,6 +272,10 @@ class Publisher:
         if self._confirms is None:
             raise PublisherNotStarted("Publisher is not started: use `async with Publisher(...)`")
         return await self._confirms.publish(plans)
+
+
+def _fixed(outgoing: Outgoing) -> Plan:
+    return lambda _: outgoing
 
 
 __all__ = ["PIPELINE_WINDOW", "Publisher"]

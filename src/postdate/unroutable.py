@@ -1,68 +1,86 @@
 """The catch-all queue ``P.unroutable``: commands whose queue did not exist at delivery.
 
-They are kept, not dropped; once the queue exists (``postdate topology declare
-MODULE:APP`` or a worker start), :func:`redeliver_unroutable` sends them on.
+They are kept, not dropped. Once their queue exists, :func:`redeliver_unroutable` sends
+them on (a worker does so for its own queues when it starts). Runs go through
+:mod:`postdate.parked`: confirm-then-ack, only what was parked when the run started.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from postdate.confirm import raise_first
-from postdate.envelope import Envelope
+from postdate.declare import queue_exists
+from postdate.envelope import Envelope, copy_properties, without_broker_headers
 from postdate.errors import InvalidMessage
+from postdate.parked import Copy, Progress, Tally, move_parked, no_progress, read_parked
 from postdate.publisher import Publisher
 from postdate.topology import Names
 
+NOT_POSTDATE = "<not a postdate message>"
 
-async def count_unroutable(connection: AbstractConnection, prefix: str) -> Counter[str]:
-    """Parked commands per destination queue (they stay parked)."""
-    channel = await connection.channel()
-    counts: Counter[str] = Counter()
+
+def destination(message: AbstractIncomingMessage) -> str:
+    """The command queue a parked message was meant for, or :data:`NOT_POSTDATE`."""
     try:
-        parked = await channel.get_queue(Names(prefix).unroutable, ensure=True)
-        while (message := await parked.get(no_ack=False, fail=False)) is not None:
-            try:
-                counts[Envelope.from_incoming(message).queue] += 1
-            except InvalidMessage:
-                counts["<not a postdate message>"] += 1
-        return counts
-    finally:
-        await channel.close()  # every unacked message goes back
+        return Envelope.from_incoming(message).queue
+    except InvalidMessage:
+        return NOT_POSTDATE
+
+
+async def count_unroutable(
+    connection: AbstractConnection, prefix: str, progress: Progress = no_progress
+) -> tuple[Counter[str], int]:
+    """Parked commands per destination queue (they stay parked), and the depth.
+
+    Raises:
+        QueueNotFound: the catch-all queue does not exist (the ladder is not declared).
+        ReadLockBusy: another run on it did not end in time.
+    """
+    messages, parked = await read_parked(connection, Names(prefix).unroutable, progress)
+    return Counter(destination(message) for message in messages), parked
+
+
+@dataclass
+class Redelivery:
+    """What a redelivery did, and the commands it left because their queue is missing."""
+
+    tally: Tally
+    missing: Counter[str] = field(default_factory=Counter)
 
 
 async def redeliver_unroutable(
-    connection: AbstractConnection, publisher: Publisher, queue: str | None = None
-) -> int:
-    """Send parked commands (all, or those for ``queue``) to their queue again, each
-    confirmed before it is removed; returns how many were sent.
-
-    A command whose queue still does not exist comes back to the catch-all queue; each
-    message is looked at once per call, so that never loops.
+    connection: AbstractConnection,
+    publisher: Publisher,
+    queues: Collection[str] | None = None,
+    progress: Progress = no_progress,
+) -> Redelivery:
+    """Send parked commands (all, or those for ``queues``) straight into their queue,
+    each confirmed before it is removed. A command whose queue still does not exist
+    stays parked and is counted in ``Redelivery.missing``.
 
     Raises:
-        PublishError: a command was not confirmed (it stays parked, as do the rest).
+        QueueNotFound: the catch-all queue does not exist (the ladder is not declared).
+        ReadLockBusy: another run on it did not end in time.
     """
-    channel = await connection.channel()
-    sent = 0
-    try:
-        parked = await channel.declare_queue(Names(publisher.names.prefix).unroutable, passive=True)
-        waiting = parked.declaration_result.message_count or 0
-        for _ in range(waiting):
-            message = await parked.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            try:
-                envelope = Envelope.from_incoming(message)
-            except InvalidMessage:
-                continue  # not ours: left in place when the channel closes
-            if queue is not None and envelope.queue != queue:
-                continue
-            raise_first(await publisher.publish_each([envelope]))
-            await message.ack()
-            sent += 1
-        return sent
-    finally:
-        await channel.close()
+    existing: dict[str, bool] = {}
+    missing: Counter[str] = Counter()
+
+    async def copy_of(message: AbstractIncomingMessage) -> Copy | None:
+        queue = destination(message)
+        if queue == NOT_POSTDATE or (queues is not None and queue not in queues):
+            return None
+        if queue not in existing:
+            existing[queue] = await queue_exists(connection, queue)
+        if not existing[queue]:
+            missing[queue] += 1
+            return None
+        headers = without_broker_headers(message.headers)
+        return Copy(message.body, copy_properties(message, headers), queue)
+
+    unroutable = Names(publisher.names.prefix).unroutable
+    tally = await move_parked(connection, unroutable, publisher, copy_of, progress)
+    return Redelivery(tally, missing)

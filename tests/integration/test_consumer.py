@@ -37,10 +37,9 @@ from postdate.poison import (
     ORIGIN_QUEUE,
     REASON,
     TRACEBACK,
-    list_poison,
-    replay_poison,
 )
 from postdate.topology import poison_queue
+from postdate.triage import PoisonFilter, list_poison, replay_poison
 from tests.helpers import (
     Cleanup,
     Ping,
@@ -392,7 +391,7 @@ async def test_poison_replay_sends_the_message_back_as_attempt_one(
     worker = await start_worker(app)
     message_id = await publisher.send(cmd(n=5))
     await eventually(lambda: worker.outcomes[Outcome.POISONED] == 1, 10, "poisoned")
-    [entry] = await list_poison(connection, cmd.queue)
+    [entry] = (await list_poison(connection, cmd.queue)).entries
     assert entry.message_id == message_id and entry.reason == Reason.EXHAUSTED
 
     # Listing keeps it: back in the queue once the broker processed the channel's close.
@@ -402,8 +401,9 @@ async def test_poison_replay_sends_the_message_back_as_attempt_one(
     await eventually(parked_again, 5, "the listed message back in the poison queue")
 
     healthy = True
-    replayed = await replay_poison(connection, publisher, cmd.queue, {message_id})
-    assert replayed == [message_id]
+    only = PoisonFilter(message_ids=frozenset({message_id}))
+    replayed = await replay_poison(connection, publisher, cmd.queue, only)
+    assert replayed.moved == [message_id]
     await eventually(lambda: worker.outcomes[Outcome.HANDLED] == 1, 10, "handled after replay")
     assert attempts == [1, 1]
     assert await queue_depth(connection, poison_queue(cmd.queue)) == 0

@@ -13,7 +13,15 @@ from postdate.envelope import DUE, QUEUE
 from postdate.publisher import Publisher
 from postdate.scheduling import When
 from postdate.topology import Names, command_queue_topology
-from tests.helpers import Cleanup, Collector, Ping, Received, command_for, queue_depth
+from tests.helpers import (
+    Cleanup,
+    Collector,
+    Ping,
+    Received,
+    command_for,
+    queue_depth,
+    send_around_the_publisher,
+)
 
 # How late a ladder delivery may be and still count as "on time" in these tests: the
 # ladder rounds down to whole seconds (the consumer holds the rest) and each hop costs a
@@ -116,10 +124,11 @@ async def test_command_for_a_missing_queue_is_kept_and_does_not_block_the_level(
         Collector(connection, there, 2) as delivered,
         Collector(connection, unroutable, 3) as kept,
     ):
-        lost_now = await publisher.send(command_for(gone)(n=0), 0)
-        lost_later = await publisher.send(command_for(gone)(n=1), timedelta(seconds=1))
+        # Another client's commands: postdate's publisher would declare ``gone`` first.
+        lost_now = await send_around_the_publisher(connection, prefix, command_for(gone)(n=0))
+        lost_later = await send_around_the_publisher(connection, prefix, command_for(gone)(n=1), 1)
         on_time = await publisher.send(command_for(there)(n=2), timedelta(seconds=1))
-        lost_last = await publisher.send(command_for(gone)(n=3), timedelta(seconds=1))
+        lost_last = await send_around_the_publisher(connection, prefix, command_for(gone)(n=3), 1)
         also_on_time = await publisher.send(command_for(there)(n=4), timedelta(seconds=1))
         arrived = await delivered.wait(timeout=8)
         parked = await kept.wait(timeout=8)

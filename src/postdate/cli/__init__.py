@@ -25,5 +25,5 @@ def main() -> None:
     try:
         app()
     except PostdateError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {' '.join(str(exc).split())}", err=True, fg=typer.colors.RED)
         sys.exit(2)

@@ -5,52 +5,115 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
+import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import aiormq
 import typer
 from aio_pika.abc import AbstractRobustConnection
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from postdate.connection import connect
 from postdate.consumer import Consumer
-from postdate.errors import PostdateError
+from postdate.errors import InvalidArgument, PostdateError
+from postdate.logs import configure_logging
 from postdate.settings import Settings
 from postdate.topology import Topology, ladder_topology
 
 T = TypeVar("T")
 
 AppSpec = Annotated[str | None, typer.Argument(help="MODULE:APP of a postdate Consumer")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")]
+
+# An operator's command fails fast when the broker is down, unless POSTDATE_CONNECT_*
+# say otherwise; a worker keeps the settings' patient defaults.
+CLI_CONNECT_ATTEMPTS = 2
+CLI_CONNECT_TIMEOUT = 5.0
+
+EXIT_FOUND_NOTHING = 1  # no such message; something waits (status); a run stopped early
+EXIT_ERROR = 2  # bad usage or settings, broker unreachable, unknown queue
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print ``error: message`` as one line on stderr and exit with ``code``."""
+    typer.secho(f"error: {' '.join(message.split())}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def print_json(value: Any) -> None:
+    """Print ``value`` as one JSON document on stdout."""
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+@contextmanager
+def progress_bar(label: str, *, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (when it is a terminal); yields the callback that takes
+    how many items are done, of how many."""
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not (enabled and console.is_terminal),
+    ) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def parse_age(text: str | None) -> timedelta | None:
+    """``30s``, ``10m``, ``2h``, ``7d`` as a timedelta (None stays None).
+
+    Raises:
+        InvalidArgument: not a number followed by s, m, h or d.
+    """
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit():
+        raise InvalidArgument(f"age {text!r} is not like 30s, 10m, 2h or 7d")
+    return timedelta(seconds=int(number) * units[unit])
 
 
 def load_app(spec: str) -> Consumer:
     """Import ``module:attribute`` and return the Consumer it names.
 
     Raises:
-        typer.BadParameter: malformed spec, module not importable, or not a Consumer.
+        InvalidArgument: malformed spec, module not importable, or not a Consumer.
     """
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise typer.BadParameter(f"{spec!r} is not MODULE:APP, e.g. consumers.example:app")
+        raise InvalidArgument(f"{spec!r} is not MODULE:APP, e.g. consumers.example:app")
     sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise typer.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # an app module that fails to import is the user's to fix
+        raise InvalidArgument(f"cannot import {module_name!r}: {exc!r}") from exc
     consumer = getattr(module, attribute, None)
     if not isinstance(consumer, Consumer):
-        raise typer.BadParameter(f"{spec!r} is not a postdate Consumer")
+        raise InvalidArgument(f"{spec!r} is not a postdate Consumer")
     return consumer
 
 
 def run_async(coroutine: Callable[[], Awaitable[T]]) -> T:
-    """Run ``coroutine()``; a postdate error is one line on stderr and exit code 2."""
+    """Run ``coroutine()``; a postdate error, or a broker error postdate did not expect,
+    is one line on stderr and exit code 2."""
     try:
         return asyncio.run(coroutine())  # type: ignore[arg-type]
     except PostdateError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+        fail(str(exc))
+    except aiormq.exceptions.AMQPError as exc:
+        fail(f"the broker refused: {exc!r}")
 
 
 def on_broker(
@@ -59,11 +122,31 @@ def on_broker(
     """Connect, run ``use`` on the connection, close; postdate errors become exit code 2."""
 
     async def session() -> T:
-        connection = await connect(settings.url, name=f"postdate-cli-{name}")
-        async with connection:
+        async with await cli_connect(settings, name) as connection:
             return await use(connection)
 
     return run_async(session)
+
+
+async def cli_connect(settings: Settings, name: str) -> AbstractRobustConnection:
+    """A connection for an operator's command: few attempts, short timeouts, and no log
+    lines before the one-line error, unless ``POSTDATE_CONNECT_*`` are set.
+
+    Raises:
+        BrokerUnavailable: the broker cannot be reached.
+    """
+    configure_logging("ERROR")
+    for library in ("aio_pika", "aiormq"):  # their retries are not the operator's news
+        logging.getLogger(library).setLevel(logging.CRITICAL)
+    given = settings.model_fields_set
+    return await connect(
+        settings.url,
+        name=f"postdate-cli-{name}",
+        attempts=settings.connect_attempts if "connect_attempts" in given else CLI_CONNECT_ATTEMPTS,
+        attempt_timeout=(
+            settings.connect_timeout if "connect_timeout" in given else CLI_CONNECT_TIMEOUT
+        ),
+    )
 
 
 def topology_of(settings: Settings, spec: str | None) -> Topology:

@@ -1,43 +1,162 @@
-"""`postdate status`: message and consumer counts of postdate's queues."""
+"""`postdate status`: what waits where; exit 1 when something waits for an operator."""
 
 from __future__ import annotations
 
-import aiormq
-import typer
-from aio_pika.abc import AbstractRobustConnection
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Annotated
 
-from postdate.cli.common import AppSpec, load_app, on_broker
+import typer
+from aio_pika.abc import AbstractConnection
+from rich.console import Console
+
+from postdate.cli.common import (
+    EXIT_FOUND_NOTHING,
+    AppSpec,
+    Json,
+    cli_connect,
+    load_app,
+    print_json,
+    run_async,
+)
+from postdate.consumer import Consumer
+from postdate.declare import queue_states
+from postdate.ladder import LEVELS
+from postdate.registry import registered
 from postdate.settings import Settings
 from postdate.topology import Names, poison_queue, retry_queue
 
 
-def status(spec: AppSpec = None) -> None:
-    """Message and consumer counts of the ladder and (with MODULE:APP) the app's queues."""
+@dataclass
+class Depth:
+    """A queue's messages and consumers (None: the queue does not exist)."""
+
+    queue: str
+    messages: int | None
+    consumers: int | None
+
+
+@dataclass
+class CommandQueue:
+    """A command queue, its retry tiers and its poison queue."""
+
+    queue: Depth
+    poison: Depth
+    retries: list[Depth] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """Everything ``status`` shows."""
+
+    ladder: list[Depth]
+    unroutable: Depth
+    queues: list[CommandQueue]
+
+    @property
+    def waiting_for_an_operator(self) -> list[str]:
+        """Poison and catch-all queues that hold messages."""
+        parked = [self.unroutable, *(entry.poison for entry in self.queues)]
+        return [depth.queue for depth in parked if depth.messages]
+
+    @property
+    def pending(self) -> int:
+        """Commands on their way down the ladder."""
+        return sum(level.messages or 0 for level in self.ladder)
+
+
+async def _depth(connection: AbstractConnection, queue: str) -> Depth:
+    state = (await queue_states(connection, [queue]))[queue]
+    if state is None:
+        return Depth(queue, None, None)
+    return Depth(queue, state.messages, state.consumers)
+
+
+async def _report(connection: AbstractConnection, prefix: str, app: Consumer | None) -> Report:
+    names = Names(prefix)
+    ladder = [await _depth(connection, names.delay_queue(level)) for level in range(LEVELS)]
+    queues = app.queues() if app is not None else await registered(connection, prefix)
+    entries = []
+    for queue in queues:
+        tiers = app.tiers(queue) if app is not None else ()
+        entries.append(
+            CommandQueue(
+                await _depth(connection, queue),
+                await _depth(connection, poison_queue(queue)),
+                [await _depth(connection, retry_queue(queue, tier)) for tier in tiers],
+            )
+        )
+    return Report(ladder, await _depth(connection, names.unroutable), entries)
+
+
+def _count(depth: Depth) -> str:
+    return "missing" if depth.messages is None else f"{depth.messages:,}"
+
+
+def _print(report: Report, all_levels: bool) -> None:
+    levels = [level for level in report.ladder if all_levels or level.messages]
+    typer.echo(f"ladder: {report.pending:,} pending in {len(levels)} non-empty levels")
+    for level in levels:
+        typer.echo(f"  {level.queue:<58} {_count(level):>9}")
+    typer.echo(f"{'queue':<60} {'messages':>9} {'consumers':>9} {'poison':>9}")
+    for entry in report.queues:
+        consumers = "-" if entry.queue.consumers is None else str(entry.queue.consumers)
+        typer.echo(
+            f"{entry.queue.queue:<60} {_count(entry.queue):>9} {consumers:>9} "
+            f"{_count(entry.poison):>9}"
+        )
+        for retry in entry.retries:
+            typer.echo(f"  {retry.queue:<58} {_count(retry):>9}")
+    typer.echo(f"{report.unroutable.queue:<60} {_count(report.unroutable):>9}")
+    for queue in report.waiting_for_an_operator:
+        typer.secho(f"attention: messages wait in {queue}", fg=typer.colors.YELLOW)
+
+
+def _as_json(report: Report) -> dict[str, object]:
+    return {
+        "pending": report.pending,
+        "ladder": [asdict(level) for level in report.ladder],
+        "unroutable": asdict(report.unroutable),
+        "queues": [asdict(entry) for entry in report.queues],
+        "attention": report.waiting_for_an_operator,
+    }
+
+
+def status(
+    spec: AppSpec = None,
+    all_levels: Annotated[bool, typer.Option(help="show empty ladder levels too")] = False,
+    watch: Annotated[float | None, typer.Option(min=0.5, help="refresh every N seconds")] = None,
+    as_json: Json = False,
+) -> None:
+    """What waits in the ladder, the command queues (the app's, or every registered one)
+    and their poison queues. Exit 1 when messages wait in a poison or catch-all queue."""
     settings = Settings.load()
-    names = Names(settings.prefix)
-    queues = [names.delay_queue(level) for level in range(28)] + [names.unroutable]
-    if spec is not None:
-        consumer = load_app(spec)
-        for queue in consumer.queues():
-            queues.append(queue)
-            queues.extend(retry_queue(queue, tier) for tier in consumer.tiers(queue))
-            queues.append(poison_queue(queue))
+    app = load_app(spec) if spec is not None else None
 
-    async def read(connection: AbstractRobustConnection) -> list[tuple[str, str, str]]:
-        rows = []
-        for name in queues:
-            channel = await connection.channel()
-            try:
-                declared = await channel.declare_queue(name, passive=True)
-                result = declared.declaration_result
-                rows.append((name, str(result.message_count), str(result.consumer_count)))
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                rows.append((name, "missing", "-"))
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
-        return rows
+    async def look() -> Report:
+        async with await cli_connect(settings, "status") as connection:
+            while True:
+                report = await _report(connection, settings.prefix, app)
+                if watch is None:
+                    return report
+                if not as_json:
+                    Console().clear()
+                    typer.echo(time.strftime("%H:%M:%S"))
+                _show(report, all_levels, as_json)
+                await asyncio.sleep(watch)
 
-    typer.echo(f"{'queue':<60} {'messages':>9} {'consumers':>9}")
-    for name, messages, consumers in on_broker(settings, "status", read):
-        typer.echo(f"{name:<60} {messages:>9} {consumers:>9}")
+    try:
+        report = run_async(look)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    _show(report, all_levels, as_json)
+    if report.waiting_for_an_operator:
+        raise typer.Exit(EXIT_FOUND_NOTHING)
+
+
+def _show(report: Report, all_levels: bool, as_json: bool) -> None:
+    if as_json:
+        print_json(_as_json(report))
+    else:
+        _print(report, all_levels)
