@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import aio_pika
 import aiormq
 import yarl
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractRobustConnection
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -18,6 +21,8 @@ from postdate.errors import BrokerUnavailable
 from postdate.logs import get_logger
 
 log = get_logger(__name__)
+
+C = TypeVar("C", bound=AbstractConnection)
 
 # aiormq raises AMQPConnectionError (a ConnectionError, so an OSError) both for a refused
 # or dropped TCP connection, which is worth retrying, and for a refused login or an
@@ -48,6 +53,32 @@ async def connect(
     Raises:
         BrokerUnavailable: no connection after ``attempts`` tries with exponential backoff.
     """
+
+    async def robust() -> AbstractRobustConnection:
+        return await aio_pika.connect_robust(
+            named_url(url, name), timeout=attempt_timeout, reconnect_interval=1.0
+        )
+
+    return await _with_retries(robust, url, attempts)
+
+
+async def connect_plain(
+    url: str, *, name: str, attempts: int = 8, attempt_timeout: float = 10.0
+) -> AbstractConnection:
+    """Open a connection that does not reconnect: for an operator's run, which must end
+    (and say so) when its connection is lost, not wait for the broker.
+
+    Raises:
+        BrokerUnavailable: no connection after ``attempts`` tries with exponential backoff.
+    """
+
+    async def plain() -> AbstractConnection:
+        return await aio_pika.connect(named_url(url, name), timeout=attempt_timeout)
+
+    return await _with_retries(plain, url, attempts)
+
+
+async def _with_retries(open_connection: Callable[[], Awaitable[C]], url: str, attempts: int) -> C:
     try:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(attempts),
@@ -61,9 +92,7 @@ async def connect(
                 number = attempt.retry_state.attempt_number
                 if number > 1:
                     log.warning("broker.connect.retry", url=redacted(url), attempt=number)
-                return await aio_pika.connect_robust(
-                    named_url(url, name), timeout=attempt_timeout, reconnect_interval=1.0
-                )
+                return await open_connection()
     except _NOT_RETRYABLE as exc:
         raise BrokerUnavailable(
             f"RabbitMQ at {redacted(url)} refused the connection (not retried): {exc}; "

@@ -13,6 +13,7 @@ the original: a run killed at any point leaves each message parked, moved, or bo
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
@@ -20,7 +21,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple, Self
 
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+)
 
 from postdate.declare import queue_states
 from postdate.errors import PostdateError, QueueNotFound, ReadLockBusy
@@ -41,6 +47,8 @@ MAX_HELD = 65_535
 # A run ends early when no message came for this long (another client took some).
 IDLE_SECONDS = 5.0
 MOVE_BATCH = 500
+# Closing what a run opened waits this long at most (the connection may be gone).
+RELEASE_SECONDS = 10.0
 
 Progress = Callable[[int, int], None]
 """Called with the number of messages read so far, and the number parked at the start."""
@@ -101,9 +109,10 @@ class ParkedRead:
         self._reader: AbstractChannel | None = None
 
     async def __aenter__(self) -> Self:
-        """Take the lock, then note the depth."""
-        self._lock = await self._take_lock()
+        """Take this process's lock, then the broker's, then note the depth."""
+        await _local_lock(self.queue).acquire()
         try:
+            self._lock = await self._take_lock()
             self._reader = await self.connection.channel()
             self.depth = await self._depth()
         except BaseException:
@@ -133,10 +142,13 @@ class ParkedRead:
         async with queue.iterator(timeout=IDLE_SECONDS) as incoming:
             for _ in range(wanted):
                 try:
-                    yield await anext(incoming)
+                    message = await anext(incoming)
                 except TimeoutError:
                     log.warning("parked.read.idle", queue=self.queue, waited=IDLE_SECONDS)
                     return
+                except StopAsyncIteration:  # the channel closed: the run ends incomplete
+                    return
+                yield message
 
     async def _take_lock(self) -> AbstractChannel:
         lock = self.queue + LOCK_SUFFIX
@@ -144,10 +156,13 @@ class ParkedRead:
         while True:
             channel = await self.connection.channel()
             try:
-                await channel.declare_queue(lock, exclusive=True, durable=False)
+                await _declare_lock(channel, lock)
                 return channel
             except aiormq.exceptions.ChannelLockedResource:
-                await _close_quietly(channel)
+                await _close(channel)
+            except BaseException:
+                await _close(channel)
+                raise
             if asyncio.get_running_loop().time() >= deadline:
                 raise ReadLockBusy(
                     f"another run on {self.queue} (a list, replay or purge) did not end "
@@ -156,26 +171,68 @@ class ParkedRead:
             await asyncio.sleep(LOCK_POLL_SECONDS)
 
     async def _depth(self) -> int:
-        state = (await queue_states(self.connection, [self.queue]))[self.queue]
-        if state is None:
-            raise QueueNotFound(f"queue {self.queue!r} does not exist")
-        return state.messages
+        """The ready messages, once no earlier run holds any: a run's unacked messages
+        go back only after the broker processed its channel's close, and only runs
+        consume a parking queue."""
+        deadline = asyncio.get_running_loop().time() + self.lock_wait
+        while True:
+            state = (await queue_states(self.connection, [self.queue]))[self.queue]
+            if state is None:
+                raise QueueNotFound(f"queue {self.queue!r} does not exist")
+            if state.consumers == 0:
+                return state.messages
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ReadLockBusy(
+                    f"{self.queue} is still being read ({state.consumers} consumer(s)); "
+                    "try again when that run has ended"
+                )
+            await asyncio.sleep(LOCK_POLL_SECONDS)
 
     async def _release(self) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_SECONDS):
+                await self._give_back()
+        except TimeoutError:
+            log.warning("parked.release.timeout", queue=self.queue)
+        finally:
+            _local_lock(self.queue).release()
+
+    async def _give_back(self) -> None:
         if self._reader is not None:
-            await _close_quietly(self._reader)  # unacked messages go back, in order
+            await _close(self._reader)  # unacked messages go back, in order
             self._reader = None
         if self._lock is not None:
-            with suppress(Exception):
-                await self._lock.queue_delete(self.queue + LOCK_SUFFIX)
-            await _close_quietly(self._lock)
+            if not self._lock.is_closed:
+                with suppress(Exception):
+                    await self._lock.queue_delete(self.queue + LOCK_SUFFIX)
+            await _close(self._lock)
             self._lock = None
 
 
-async def _close_quietly(channel: AbstractChannel) -> None:
-    if not channel.is_closed:
-        with suppress(Exception):
-            await channel.close()
+async def _declare_lock(channel: AbstractChannel, lock: str) -> None:
+    if isinstance(channel, AbstractRobustChannel):
+        # Not restored after a reconnect: that would take the lock behind our back.
+        await channel.declare_queue(lock, exclusive=True, durable=False, robust=False)
+    else:
+        await channel.declare_queue(lock, exclusive=True, durable=False)
+
+
+_local_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _local_lock(queue: str) -> asyncio.Lock:
+    """The lock of ``queue`` within this process (and event loop): the broker's exclusive
+    queue belongs to a connection, and runs on one connection would share it."""
+    locks = _local_locks.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(queue, asyncio.Lock())
+
+
+async def _close(channel: AbstractChannel) -> None:
+    """Close ``channel``, also one the broker closed (a robust one would reopen)."""
+    with suppress(Exception):
+        await channel.close()
 
 
 async def read_parked(

@@ -6,6 +6,7 @@ confirmed-publish path, :class:`postdate.confirm.ConfirmedChannel`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from postdate.errors import (
     DelayError,
     PostdateError,
     PublisherNotStarted,
+    PublishTimeout,
 )
 from postdate.logs import get_logger
 from postdate.registry import register
@@ -65,6 +67,7 @@ class Publisher:
         self._connection: AbstractRobustConnection | None = None
         self._confirms: ConfirmedChannel | None = None
         self._queues_seen: set[str] = set()
+        self._unregistered: set[str] = set()
         # Command queues this publisher had to declare: no worker had declared them.
         self.declared_queues: list[str] = []
 
@@ -193,7 +196,8 @@ class Publisher:
 
         Raises:
             PublisherNotStarted: not started, or closed.
-            BrokerUnavailable: the queue check failed for a lost connection.
+            PublishTimeout: the first publish to a queue could not check it exists within
+                the publish timeout (nothing was published).
             TopologyMismatch: see :func:`~postdate.declare.declare_topology`.
         """
         await self._ensure_queues({envelope.queue for envelope in envelopes})
@@ -201,19 +205,43 @@ class Publisher:
 
     async def _ensure_queues(self, queues: set[str]) -> None:
         new = queues - self._queues_seen
-        if not new:
+        if not new and not self._unregistered:
             return
         if self._connection is None:
             raise PublisherNotStarted("Publisher is not started: use `async with Publisher(...)`")
-        connection = self._connection
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout):
+                await self._declare_missing(self._connection, new)
+        except TimeoutError:
+            raise PublishTimeout(
+                f"could not make sure queue(s) {sorted(new)} exist within "
+                f"{self.settings.publish_timeout} s; nothing was published"
+            ) from None
+        await self._register(self._connection)
+
+    async def _declare_missing(self, connection: AbstractRobustConnection, new: set[str]) -> None:
         missing = [queue for queue in sorted(new) if not await queue_exists(connection, queue)]
         if missing and not await exchange_exists(connection, self.names.deliver):
             return  # no ladder: the publish is returned, and its error says to declare it
         for queue in missing:
             await self._declare_command_queue(connection, queue)
-        if missing:
-            await register(connection, self.settings.prefix, missing)
+        self._unregistered |= set(missing)
         self._queues_seen |= new
+
+    async def _register(self, connection: AbstractRobustConnection) -> None:
+        """Add the queues this publisher declared to the registry; a failure is logged and
+        tried again on the next send (it must not fail this one)."""
+        if not self._unregistered:
+            return
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout):
+                await register(connection, self.settings.prefix, self._unregistered)
+        except Exception as exc:
+            log.warning(
+                "publisher.register.failed", queues=sorted(self._unregistered), error=repr(exc)
+            )
+            return
+        self._unregistered.clear()
 
     async def _declare_command_queue(
         self, connection: AbstractRobustConnection, queue: str

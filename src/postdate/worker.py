@@ -28,7 +28,7 @@ from postdate.connection import connect
 from postdate.consumer import Consumer
 from postdate.declare import declare_topology
 from postdate.dispatch import Dispatcher
-from postdate.errors import CommandDefinitionError, PostdateError
+from postdate.errors import CommandDefinitionError
 from postdate.health import (
     POISON_POLL_SECONDS,
     HealthServer,
@@ -215,9 +215,12 @@ class Worker:
         queues = self.app.queues()
         try:
             await register(self._connection, self.settings.prefix, queues)
+        except Exception as exc:  # status lists the queues once a later start registers
+            log.warning("worker.register.failed", error=repr(exc))
+        try:
             result = await redeliver_unroutable(self._connection, self.publisher, queues)
-        except PostdateError as exc:
-            log.warning("worker.unroutable.unchecked", error=str(exc))
+        except Exception as exc:
+            log.warning("worker.unroutable.unchecked", error=repr(exc))
             return
         if result.tally.moved:
             log.warning(

@@ -16,11 +16,11 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import aiormq
 import typer
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from postdate.connection import connect
+from postdate.connection import connect_plain
 from postdate.consumer import Consumer
 from postdate.errors import InvalidArgument, PostdateError
 from postdate.logs import configure_logging
@@ -114,10 +114,12 @@ def run_async(coroutine: Callable[[], Awaitable[T]]) -> T:
         fail(str(exc))
     except aiormq.exceptions.AMQPError as exc:
         fail(f"the broker refused: {exc!r}")
+    except (ConnectionError, TimeoutError, aiormq.exceptions.ChannelInvalidStateError) as exc:
+        fail(f"the connection to the broker was lost: {exc!r}; what was not done stays parked")
 
 
 def on_broker(
-    settings: Settings, name: str, use: Callable[[AbstractRobustConnection], Awaitable[T]]
+    settings: Settings, name: str, use: Callable[[AbstractConnection], Awaitable[T]]
 ) -> T:
     """Connect, run ``use`` on the connection, close; postdate errors become exit code 2."""
 
@@ -128,9 +130,10 @@ def on_broker(
     return run_async(session)
 
 
-async def cli_connect(settings: Settings, name: str) -> AbstractRobustConnection:
-    """A connection for an operator's command: few attempts, short timeouts, and no log
-    lines before the one-line error, unless ``POSTDATE_CONNECT_*`` are set.
+async def cli_connect(settings: Settings, name: str) -> AbstractConnection:
+    """A connection for an operator's command: few attempts, short timeouts, no log lines
+    before the one-line error (unless ``POSTDATE_CONNECT_*`` are set), and no reconnect:
+    a run whose connection is lost ends and says so.
 
     Raises:
         BrokerUnavailable: the broker cannot be reached.
@@ -139,7 +142,7 @@ async def cli_connect(settings: Settings, name: str) -> AbstractRobustConnection
     for library in ("aio_pika", "aiormq"):  # their retries are not the operator's news
         logging.getLogger(library).setLevel(logging.CRITICAL)
     given = settings.model_fields_set
-    return await connect(
+    return await connect_plain(
         settings.url,
         name=f"postdate-cli-{name}",
         attempts=settings.connect_attempts if "connect_attempts" in given else CLI_CONNECT_ATTEMPTS,

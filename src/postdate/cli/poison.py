@@ -21,7 +21,7 @@ from postdate.cli.common import (
     progress_bar,
     run_async,
 )
-from postdate.parked import Tally
+from postdate.parked import MAX_HELD, Tally
 from postdate.poison import PoisonEntry
 from postdate.publisher import Publisher
 from postdate.settings import Settings
@@ -99,18 +99,19 @@ def poison_list(
                 "entries": [_row(entry) for entry in shown],
             }
         )
-        return
+        raise typer.Exit(EXIT_FOUND_NOTHING if listing.read < listing.parked else 0)
     for entry in shown:
         failed = entry.failed_at.isoformat(timespec="seconds") if entry.failed_at else "-"
         typer.echo(
             f"{entry.message_id}  {entry.type}  {entry.reason}  attempts={entry.attempts}  "
             f"failed_at={failed}  {entry.error_type}: {entry.error_message[:120]}"
         )
-    unread = f" (read {listing.read:,}: the rest not read)" if listing.read < listing.parked else ""
     typer.echo(
         f"showing {len(shown):,} of {len(listing.entries):,} matching; "
-        f"{listing.parked:,} parked in {listing.queue}{unread}"
+        f"{listing.parked:,} parked in {listing.queue}"
     )
+    if listing.read < listing.parked:
+        fail(f"read {listing.read:,} of {listing.parked:,} (at most {MAX_HELD:,} at once)", 1)
 
 
 @app.command("show")
@@ -121,10 +122,8 @@ def poison_show(queue: Queue, message_id: str, as_json: Json = False) -> None:
     where = PoisonFilter(message_ids=frozenset({message_id}))
     listing = on_broker(settings, "poison", lambda c: list_poison(c, queue, where))
     if not listing.entries:
-        fail(
-            f"no parked message {message_id} in {listing.queue} ({listing.parked:,} parked)",
-            EXIT_FOUND_NOTHING,
-        )
+        among = f"read {listing.read:,} of {listing.parked:,} parked"
+        fail(f"no parked message {message_id} in {listing.queue} ({among})", EXIT_FOUND_NOTHING)
     entry = listing.entries[0]
     details = _row(entry) | {
         "body": entry.body.decode(errors="replace"),
@@ -217,4 +216,8 @@ def _report(done: str, queue: str, tally: Tally, ids: list[str] | None, as_json:
     if missing:
         fail(f"not parked in {parking_of(queue)}: {', '.join(missing)}", EXIT_FOUND_NOTHING)
     if not tally.complete:
-        fail(f"read {tally.read:,} of {tally.parked:,}: run it again", EXIT_FOUND_NOTHING)
+        fail(
+            f"read {tally.read:,} of {tally.parked:,}: the connection was lost, another client "
+            f"took messages, or over {MAX_HELD:,} left parked were held at once",
+            EXIT_FOUND_NOTHING,
+        )

@@ -56,9 +56,14 @@ class Report:
 
     @property
     def waiting_for_an_operator(self) -> list[str]:
-        """Poison and catch-all queues that hold messages."""
-        parked = [self.unroutable, *(entry.poison for entry in self.queues)]
-        return [depth.queue for depth in parked if depth.messages]
+        """Poison and catch-all queues that hold messages, or are being read (a run holds
+        its messages unacked, so they are not counted as ready)."""
+        return [depth.queue for depth in self.parking if depth.messages or depth.consumers]
+
+    @property
+    def parking(self) -> list[Depth]:
+        """The catch-all queue and every poison queue."""
+        return [self.unroutable, *(entry.poison for entry in self.queues)]
 
     @property
     def pending(self) -> int:
@@ -109,8 +114,12 @@ def _print(report: Report, all_levels: bool) -> None:
         for retry in entry.retries:
             typer.echo(f"  {retry.queue:<58} {_count(retry):>9}")
     typer.echo(f"{report.unroutable.queue:<60} {_count(report.unroutable):>9}")
+    parked = {
+        depth.queue: depth for depth in [report.unroutable, *(e.poison for e in report.queues)]
+    }
     for queue in report.waiting_for_an_operator:
-        typer.secho(f"attention: messages wait in {queue}", fg=typer.colors.YELLOW)
+        doing = "messages wait in" if parked[queue].messages else "a run is reading"
+        typer.secho(f"attention: {doing} {queue}", fg=typer.colors.YELLOW)
 
 
 def _as_json(report: Report) -> dict[str, object]:
