@@ -232,11 +232,11 @@ class Cleanup:
 
     async def _track_registered(self, connection: AbstractConnection) -> None:
         """Command queues that workers and publishers registered (and the registry)."""
+        self.track(registry_topology(self.prefix))  # deleted whether or not it exists
         if not await queue_exists(connection, registry_queue(self.prefix)):
             return
         for queue in await registered(connection, self.prefix):
             self.track(command_queue_topology(self.prefix, queue, retry_tiers=()))
-        self.track(registry_topology(self.prefix))
 
     async def run(self, lanes: int = 4) -> None:
         """Delete everything tracked on a fresh connection, ignoring what is already gone

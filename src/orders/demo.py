@@ -38,6 +38,7 @@ from postdate.connection import redacted
 from postdate.errors import PostdateError
 from postdate.logs import configure_logging
 from postdate.outbox import OutboxRelay
+from postdate.registry import registry_topology
 from postdate.topology import Topology
 
 REFUNDED = "refunded and cancelled"
@@ -151,7 +152,10 @@ class Demo:
         self.gateway = RecordingGateway(fail_rate=args.fail_rate, seed=self.seed)
         retries = RetryPolicy(max_attempts=12, tiers=(timedelta(seconds=1), timedelta(seconds=2)))
         self.app = build_app(Services(self.store, self.gateway), command=command, retries=retries)
-        self.topology = self.app.topology(self.prefix, self.settings.delivery_limit)
+        # The registry its worker writes to goes with the rest.
+        self.topology = self.app.topology(
+            self.prefix, self.settings.delivery_limit
+        ) + registry_topology(self.prefix)
         self.worker = Worker(self.app, self.settings, name=f"orders-demo-{os.getpid()}")
         self.started = time.monotonic()
         self.pickups: dict[uuid.UUID, str] = {}

@@ -48,7 +48,7 @@ def test_bad_setting_is_one_line_naming_it_and_exit_code_2() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_declare_status_and_delete_an_apps_topology(settings: Settings) -> None:
+def test_declare_status_and_delete_an_apps_topology(settings: Settings, cleanup: Cleanup) -> None:
     app = "tests.integration.worker_app:app"
     env = {"TEST_QUEUE": f"{settings.prefix}.jobs"}
     try:
