@@ -114,6 +114,9 @@ def run_async(coroutine: Callable[[], Awaitable[T]]) -> T:
         fail(str(exc))
     except aiormq.exceptions.AMQPError as exc:
         fail(f"the broker refused: {exc!r}")
+    except BrokenPipeError:  # our reader went away (`| head`): nothing left to say
+        sys.stderr.close()
+        raise typer.Exit(EXIT_FOUND_NOTHING) from None
     except (ConnectionError, TimeoutError, aiormq.exceptions.ChannelInvalidStateError) as exc:
         fail(f"the connection to the broker was lost: {exc!r}; what was not done stays parked")
 
