@@ -62,7 +62,8 @@ async def registered(connection: AbstractConnection, prefix: str) -> list[str]:
     Raises:
         ReadLockBusy: another run on the registry did not end in time.
     """
-    await declare_topology(connection, registry_topology(prefix))
+    if not await queue_exists(connection, registry_queue(prefix)):
+        return []  # reading must not create it (nor need the permission to)
     async with ParkedRead(connection, registry_queue(prefix)) as run:
         return sorted(await _names(run))
 
