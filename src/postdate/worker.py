@@ -269,7 +269,6 @@ class Worker:
         self._stopping.set()
         grace = self.settings.grace_period if grace_period is None else grace_period
         await self._cancel_consumers()
-        await _cancel(self._poison_poller)
         pending = set(self._in_flight)
         if pending:
             log.info("worker.draining", in_flight=len(pending), grace_period=grace)
@@ -278,6 +277,9 @@ class Worker:
                 task.cancel()  # its delivery stays unacked: the broker requeues it
             if late:
                 await asyncio.wait(late, timeout=5)
+        # Only now: cancelling the poller within a channel RPC can make the broker close
+        # the whole connection (CHANNEL_ERROR), and with it the acks of running handlers.
+        await _cancel(self._poison_poller)
         if self._connection is not None:
             await self._connection.close()
         metrics.untrack_connected(self)
