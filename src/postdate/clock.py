@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from postdate.errors import DelayError
@@ -31,3 +32,13 @@ def to_epoch_ms(moment: datetime) -> int:
 def from_epoch_ms(millis: int) -> datetime:
     """The aware UTC datetime of ``millis`` milliseconds since the Unix epoch."""
     return datetime.fromtimestamp(millis / 1000, tz=UTC)
+
+
+async def sleep_until(moment: datetime) -> None:
+    """Return once the wall clock has reached ``moment``, never before.
+
+    ``asyncio.sleep`` counts on the monotonic clock, and the event loop runs a timer up
+    to its clock resolution early: sleep again for whatever is left, however little.
+    """
+    while (left := (moment - datetime.now(UTC)).total_seconds()) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(left)

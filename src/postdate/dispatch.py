@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from postdate import metrics
+from postdate.clock import sleep_until
 from postdate.command import Command
 from postdate.confirm import raise_first
 from postdate.consumer import Consumer, Registration
@@ -83,7 +84,7 @@ class Dispatcher:
             )
         if early > 0:
             with metrics.held(queue).track_inprogress():
-                await asyncio.sleep(early)
+                await sleep_until(envelope.due_at)
             started = time.monotonic()
         metrics.observe_start(
             queue,
