@@ -18,11 +18,12 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from postdate.command import Command
 from postdate.connection import named_url
+from postdate.consumer import Consumer
 from postdate.declare import declare_topology, delete_topology, queue_exists
 from postdate.envelope import Envelope
 from postdate.registry import registered, registry_queue, registry_topology
 from postdate.scheduling import plan
-from postdate.settings import DEFAULT_URL
+from postdate.settings import DEFAULT_URL, Settings
 from postdate.topology import (
     ExchangeSpec,
     ExchangeType,
@@ -32,6 +33,7 @@ from postdate.topology import (
     command_queue_topology,
     ladder_topology,
 )
+from postdate.worker import Worker
 
 C = TypeVar("C", bound=Command)
 
@@ -296,31 +298,35 @@ async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
     return result
 
 
-async def open_connection_names() -> list[str]:
-    """Client-given names of the connections open on the local broker (``rabbitmqctl``);
-    skips the calling test where rabbitmqctl cannot answer."""
+async def rabbitmqctl(*args: str) -> str:
+    """``rabbitmqctl -q ARGS``'s output; skips the calling test where it cannot run (not
+    installed, or a remote broker)."""
     import pytest
 
     try:
         process = await asyncio.create_subprocess_exec(
             "rabbitmqctl",
             "-q",
-            "list_connections",
-            "client_properties",
+            *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
     except FileNotFoundError:
-        pytest.skip("rabbitmqctl is not installed here: cannot list the broker's connections")
+        pytest.skip(f"rabbitmqctl is not installed: cannot run rabbitmqctl {args[0]}")
     output, _ = await asyncio.wait_for(process.communicate(), 30)
     if process.returncode != 0:
-        pytest.skip("rabbitmqctl could not list the broker's connections (remote broker?)")
+        pytest.skip(f"rabbitmqctl {args[0]} failed here (remote broker?)")
+    return output.decode()
+
+
+async def open_connection_names() -> list[str]:
+    """Client-given names of the connections open on the local broker (``rabbitmqctl``);
+    skips the calling test where rabbitmqctl cannot answer."""
     marker = '{"connection_name","'
-    names = []
-    for line in output.decode().splitlines():
-        if marker in line:
-            names.append(line.split(marker, 1)[1].split('"', 1)[0])
-    return names
+    output = await rabbitmqctl("list_connections", "client_properties")
+    return [
+        line.split(marker, 1)[1].split('"', 1)[0] for line in output.splitlines() if marker in line
+    ]
 
 
 async def send_around_the_publisher(
@@ -343,3 +349,29 @@ async def send_around_the_publisher(
     finally:
         await channel.close()
     return envelope.message_id
+
+
+StartWorker = Callable[[Consumer], Awaitable[Worker]]
+
+
+@dataclass
+class WorkerStarter:
+    """Starts workers of a test (their topology tracked for cleanup), stops them after."""
+
+    settings: Settings
+    cleanup: Cleanup
+    test_name: str
+    workers: list[Worker] = field(default_factory=list)
+
+    async def start(self, app: Consumer) -> Worker:
+        """Start a worker of ``app``, named after the test."""
+        self.cleanup.track(app.topology(self.settings.prefix, self.settings.delivery_limit))
+        worker = Worker(app, self.settings, name=f"{self.test_name} worker{len(self.workers)}")
+        self.workers.append(worker)
+        await worker.start()
+        return worker
+
+    async def stop_all(self) -> None:
+        """Stop every worker started, with a short grace period."""
+        for worker in self.workers:
+            await worker.stop(grace_period=2)

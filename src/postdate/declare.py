@@ -54,10 +54,11 @@ async def declare_topology(connection: AbstractConnection, topology: Topology) -
                     binding.destination, binding.source, routing_key=binding.routing_key
                 )
     finally:
-        await _close_quietly(channel)
+        await close_quietly(channel)
 
 
-async def _close_quietly(channel: AbstractChannel) -> None:
+async def close_quietly(channel: AbstractChannel) -> None:
+    """Close ``channel``, ignoring errors, also one the broker already closed."""
     # A refusal closes the channel on the broker while a robust channel may be reopening
     # it: close either way, so no reopened channel is left behind.
     with contextlib.suppress(Exception):
@@ -122,7 +123,7 @@ async def _probe_differences(
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             error = str(exc)
         finally:
-            await _close_quietly(channel)
+            await close_quietly(channel)
     return differences
 
 
@@ -191,7 +192,7 @@ async def delete_topology(connection: AbstractConnection, topology: Topology) ->
                     await underlay.exchange_delete(name, if_unused=False)
                     exchanges += 1
     finally:
-        await _close_quietly(channel)
+        await close_quietly(channel)
     return Deleted(queues, exchanges, messages)
 
 
@@ -217,7 +218,7 @@ async def _own_channel(connection: AbstractConnection) -> AsyncIterator[aiormq.a
     try:
         yield await channel.get_underlay_channel()
     finally:
-        await _close_quietly(channel)
+        await close_quietly(channel)
 
 
 async def _queue_state(connection: AbstractConnection, name: str) -> QueueState | None:

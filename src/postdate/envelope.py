@@ -30,6 +30,8 @@ MAX_DUE_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last datetime Pyth
 CONTENT_TYPE = "application/json"
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
+# The headers an envelope is made of (the rest of a delivery's are its extra headers).
+OWN_HEADERS = frozenset({DUE, ATTEMPT, SCHEMA, QUEUE})
 # Broker-written headers that must not travel with a republished copy (reliability rule 3).
 BROKER_HEADERS = frozenset(
     {
@@ -150,8 +152,7 @@ class Envelope:
         timestamp = message.timestamp or datetime.now(UTC)
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=UTC)
-        own = {DUE, ATTEMPT, SCHEMA, QUEUE}
-        extra = {k: v for k, v in without_broker_headers(headers).items() if k not in own}
+        extra = without_broker_headers(headers, also=OWN_HEADERS)
         if not MIN_DUE_MS <= due_ms <= MAX_DUE_MS:
             raise InvalidMessage(Reason.INVALID_HEADER, f"{DUE}={due_ms} is not a plausible time")
         return cls(
@@ -193,12 +194,16 @@ def copy_properties(
     return properties
 
 
-def without_broker_headers(headers: HeadersType | None) -> HeadersType:
-    """``headers`` minus what the broker wrote (reliability rule 3: never carried along),
-    each value in a form a copy can carry (see :func:`encodable`)."""
-    return encodable_table(
-        {key: value for key, value in (headers or {}).items() if key not in BROKER_HEADERS}
-    )
+def without_broker_headers(
+    headers: HeadersType | None, also: frozenset[str] = frozenset()
+) -> HeadersType:
+    """``headers`` minus what the broker wrote (reliability rule 3: never carried along)
+    and minus ``also``, each value in a form a copy can carry (see :func:`encodable`).
+
+    Dropped before the values are checked: every delivery is decoded, so the check runs
+    only on what is kept."""
+    dropped = BROKER_HEADERS | also
+    return encodable_table({k: v for k, v in (headers or {}).items() if k not in dropped})
 
 
 def encodable_table(table: dict[Any, Any]) -> dict[str, FieldValue]:

@@ -29,6 +29,7 @@ from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
 
 from postdate import metrics
+from postdate.declare import queue_states
 from postdate.errors import MetricsPortUnavailable
 from postdate.logs import get_logger
 from postdate.topology import poison_queue
@@ -204,22 +205,14 @@ async def read_poison_depths(connection: AbstractRobustConnection, queues: Seque
 
 
 async def _ready_messages(connection: AbstractRobustConnection, name: str) -> int:
-    """Messages ready in queue ``name``, by a passive declare on a channel of its own.
-
-    A plain (not robust) channel: the broker closes it when the queue is missing, and
-    nothing should reopen it.
+    """Messages ready in queue ``name`` (a passive declare on a channel of its own).
 
     Raises:
-        ConnectionError: the connection is down.
-        aiormq.exceptions.AMQPError: the declare failed (e.g. the queue is missing).
+        ConnectionError: the connection is down, or the queue is missing.
     """
-    transport = connection.transport
-    if transport is None or transport.connection.is_closed:
+    if connection.is_closed:
         raise ConnectionError("not connected")
-    channel = await transport.connection.channel(publisher_confirms=False)
-    try:
-        declared = await channel.queue_declare(name, passive=True)
-        return int(declared.message_count or 0)
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+    state = (await queue_states(connection, [name]))[name]
+    if state is None:
+        raise ConnectionError(f"queue {name!r} does not exist")
+    return state.messages

@@ -28,7 +28,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
 )
 
-from postdate.declare import queue_states
+from postdate.declare import close_quietly, queue_states
 from postdate.errors import PostdateError, QueueNotFound, ReadLockBusy
 from postdate.logs import get_logger
 
@@ -159,9 +159,9 @@ class ParkedRead:
                 await _declare_lock(channel, lock)
                 return channel
             except aiormq.exceptions.ChannelLockedResource:
-                await _close(channel)
+                await close_quietly(channel)
             except BaseException:
-                await _close(channel)
+                await close_quietly(channel)
                 raise
             if asyncio.get_running_loop().time() >= deadline:
                 raise ReadLockBusy(
@@ -199,13 +199,13 @@ class ParkedRead:
 
     async def _give_back(self) -> None:
         if self._reader is not None:
-            await _close(self._reader)  # unacked messages go back, in order
+            await close_quietly(self._reader)  # unacked messages go back, in order
             self._reader = None
         if self._lock is not None:
             if not self._lock.is_closed:
                 with suppress(Exception):
                     await self._lock.queue_delete(self.queue + LOCK_SUFFIX)
-            await _close(self._lock)
+            await close_quietly(self._lock)
             self._lock = None
 
 
@@ -227,12 +227,6 @@ def _local_lock(queue: str) -> asyncio.Lock:
     queue belongs to a connection, and runs on one connection would share it."""
     locks = _local_locks.setdefault(asyncio.get_running_loop(), {})
     return locks.setdefault(queue, asyncio.Lock())
-
-
-async def _close(channel: AbstractChannel) -> None:
-    """Close ``channel``, also one the broker closed (a robust one would reopen)."""
-    with suppress(Exception):
-        await channel.close()
 
 
 async def read_parked(

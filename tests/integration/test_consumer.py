@@ -6,7 +6,7 @@ import asyncio
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
@@ -43,6 +43,8 @@ from postdate.triage import PoisonFilter, list_poison, replay_poison
 from tests.helpers import (
     Cleanup,
     Ping,
+    StartWorker,
+    WorkerStarter,
     collect,
     command_for,
     eventually,
@@ -51,8 +53,6 @@ from tests.helpers import (
 )
 
 FAST = RetryPolicy(max_attempts=3, tiers=(timedelta(seconds=1),))
-
-StartWorker = Callable[[Consumer], Awaitable[Worker]]
 
 
 class Permanent(Exception):
@@ -63,18 +63,9 @@ class Permanent(Exception):
 async def start_worker(
     settings: Settings, cleanup: Cleanup, test_name: str
 ) -> AsyncIterator[StartWorker]:
-    workers: list[Worker] = []
-
-    async def start(app: Consumer) -> Worker:
-        cleanup.track(app.topology(settings.prefix, settings.delivery_limit))
-        worker = Worker(app, settings, name=f"{test_name} worker{len(workers)}")
-        workers.append(worker)
-        await worker.start()
-        return worker
-
-    yield start
-    for worker in workers:
-        await worker.stop(grace_period=2)
+    starter = WorkerStarter(settings, cleanup, test_name)
+    yield starter.start
+    await starter.stop_all()
 
 
 async def test_a_failed_start_closes_what_it_opened(

@@ -30,7 +30,15 @@ from postdate import (
 )
 from postdate.envelope import Envelope
 from postdate.topology import poison_queue
-from tests.helpers import Cleanup, Ping, broker_address, command_for, eventually, queue_depth
+from tests.helpers import (
+    Cleanup,
+    Ping,
+    broker_address,
+    command_for,
+    eventually,
+    queue_depth,
+    rabbitmqctl,
+)
 from tests.integration.test_cli import ROOT, postdate
 
 
@@ -165,24 +173,6 @@ async def close_from_broker(connection_name: str) -> None:
     pids = [line.split("\t", 1)[0] for line in listed.splitlines() if marker in line]
     assert len(pids) == 1, f"connections named {connection_name!r}: {pids}"
     await rabbitmqctl("close_connection", pids[0], "test closes the worker's connection")
-
-
-async def rabbitmqctl(*args: str) -> str:
-    """``rabbitmqctl -q ARGS``'s output; skips the test where it cannot run."""
-    try:
-        process = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
-            "-q",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-    except FileNotFoundError:
-        pytest.skip("rabbitmqctl is not installed: cannot close connections from the broker")
-    output, _ = await asyncio.wait_for(process.communicate(), 30)
-    if process.returncode != 0:
-        pytest.skip(f"rabbitmqctl {args[0]} failed here (remote broker?)")
-    return output.decode()
 
 
 async def test_ready_only_while_consuming_and_again_after_a_reconnect(

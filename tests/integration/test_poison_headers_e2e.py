@@ -5,7 +5,7 @@ until the broker's delivery limit parks it without one."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Self
 
@@ -13,14 +13,20 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection, HeadersType
 
-from postdate import Consumer, Context, Outcome, Reason, RetryPolicy, Settings, Worker
+from postdate import Consumer, Context, Outcome, Reason, RetryPolicy, Settings
 from postdate.clock import to_epoch_ms
 from postdate.envelope import ATTEMPT, DUE, QUEUE, SCHEMA
 from postdate.poison import ATTEMPTS, ERROR_TYPE, ORIGIN_QUEUE, REASON
 from postdate.topology import poison_queue
-from tests.helpers import Cleanup, Ping, collect, command_for, queue_depth
-
-StartWorker = Callable[[Consumer], Awaitable[Worker]]
+from tests.helpers import (
+    Cleanup,
+    Ping,
+    StartWorker,
+    WorkerStarter,
+    collect,
+    command_for,
+    queue_depth,
+)
 
 
 class Permanent(Exception):
@@ -58,18 +64,9 @@ async def start_worker(
     settings = Settings.load(
         prefix=prefix, rabbitmq_url=rabbitmq, connect_attempts=3, publish_timeout=3
     )
-    workers: list[Worker] = []
-
-    async def start(app: Consumer) -> Worker:
-        cleanup.track(app.topology(settings.prefix, settings.delivery_limit))
-        worker = Worker(app, settings, name=f"{test_name} worker{len(workers)}")
-        workers.append(worker)
-        await worker.start()
-        return worker
-
-    yield start
-    for worker in workers:
-        await worker.stop(grace_period=2)
+    starter = WorkerStarter(settings, cleanup, test_name)
+    yield starter.start
+    await starter.stop_all()
 
 
 async def test_the_consumer_gets_such_a_header_as_bytes(
