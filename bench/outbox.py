@@ -33,14 +33,13 @@ from typing import Any
 
 import aio_pika
 from sqlalchemy import text
+from tests.helpers import Cleanup
 
 from bench.common import server_version, write_results
 from orders.commands import expire_command_for
-from orders.demo import delete_topology
 from orders.store import OrderStore, make_engine
 from postdate import Publisher, Settings
 from postdate.outbox import OutboxRelay, pending_count
-from postdate.topology import ladder_topology
 
 RESULTS = Path(__file__).parent / "results" / "outbox.json"
 ROUNDS = 3
@@ -182,7 +181,8 @@ async def main() -> dict[str, Any]:
             lambda store: bench_database("postgresql", store, settings), store_kwargs
         )
     finally:
-        await delete_topology(settings.url, ladder_topology(prefix))
+        # The ladder, plus the queues the relay's publisher declared and registered.
+        await Cleanup(url=settings.url, prefix=prefix, connection_name="bench outbox").run()
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "benchmark": "outbox",

@@ -36,12 +36,13 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
+from tests.helpers import Cleanup
 
 from bench.common import server_version, write_results
 from postdate import ladder
 from postdate.command import Command
 from postdate.connection import named_url
-from postdate.declare import declare_topology, delete_topology
+from postdate.declare import declare_topology
 from postdate.envelope import DUE, Envelope
 from postdate.publisher import PIPELINE_WINDOW, Publisher
 from postdate.scheduling import When, due_time, plan
@@ -311,8 +312,11 @@ async def main() -> dict[str, Any]:
             build_cost = client_build_cost(publisher, kind, body)
         version = server_version(connection)
     finally:
-        await delete_topology(connection, topology)
         await connection.close()
+        # The ladder and queues, plus the queues the publisher declared and registered.
+        cleanup = Cleanup(url=settings.url, prefix=prefix, connection_name="bench publish")
+        cleanup.track(topology)
+        await cleanup.run()
 
     return {
         "benchmark": "publish",
