@@ -23,3 +23,15 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+def percentiles(values: list[float], digits: int = 3) -> dict[str, float]:
+    """The median, 99th percentile and maximum of ``values`` (nearest rank), rounded."""
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+
+    def at(fraction: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(len(ordered) * fraction))], digits)
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], digits)}

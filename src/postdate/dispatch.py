@@ -31,6 +31,7 @@ from postdate.outcomes import Outcome, Reason, Skip
 from postdate.poison import safe_repr
 from postdate.publisher import Publisher
 from postdate.retry import RetryPolicy
+from postdate.scheduling import LADDER_LEAD
 from postdate.settle import (
     Decision,
     Delivery,
@@ -44,7 +45,10 @@ from postdate.settle import (
     decide,
 )
 
-HOLD_LIMIT_SECONDS = 1.0
+# The latest a delivery may come before its due time and be held for it: the ladder's
+# lead, the sub-second remainder it does not carry, and half a second of clock skew
+# between publisher and worker. Earlier deliveries go back to the ladder (TooEarly).
+HOLD_LIMIT_SECONDS = LADDER_LEAD.total_seconds() + 1.5
 _LOST_CHANNEL = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 ACK_LOST = "ack lost: channel closed, will be redelivered"
 

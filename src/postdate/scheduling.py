@@ -23,6 +23,11 @@ from postdate.topology import Names
 # second held by the worker (the ladder may then deliver up to this much after due).
 # Later publishes (a blocked connection, a slow window, an outbox row) count from now.
 PLAN_LEEWAY = timedelta(milliseconds=20)
+# The ladder delivers a command this much before its due time (plus the sub-second
+# remainder), and the worker holds it until due without taking a handler slot: each
+# hop's dead-lettering, and the queueing of a burst, then happen within the hold instead
+# of after the due time. A worker holds at most LADDER_LEAD + 1 s (see dispatch).
+LADDER_LEAD = timedelta(seconds=1)
 
 When = timedelta | float | int | datetime
 """A delay (timedelta or seconds) or an aware due datetime."""
@@ -108,8 +113,9 @@ def route(names: Names, queue: str, seconds: int) -> Route:
 def plan(names: Names, envelope: Envelope, now: datetime) -> Route:
     """Where ``envelope`` is published at ``now`` to reach its queue at its due time.
 
-    The ladder carries the whole seconds left until the due time (counted from the
-    envelope's making within :data:`PLAN_LEEWAY` of it); the consumer holds the rest.
+    The ladder carries the whole seconds left until :data:`LADDER_LEAD` before the due
+    time (counted from the envelope's making within :data:`PLAN_LEEWAY` of it); the
+    consumer holds the rest.
     A due time in the past routes for delivery at once.
 
     Raises:
@@ -117,7 +123,8 @@ def plan(names: Names, envelope: Envelope, now: datetime) -> Route:
     """
     made = envelope.timestamp
     start = made if timedelta(0) <= now - made <= PLAN_LEEWAY else now
-    return route(names, envelope.queue, ladder.ladder_seconds(envelope.due_at, start))
+    seconds = ladder.ladder_seconds(envelope.due_at - LADDER_LEAD, start)
+    return route(names, envelope.queue, seconds)
 
 
 def to_queue(queue: str) -> Route:

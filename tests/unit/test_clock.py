@@ -9,6 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postdate.clock import from_epoch_ms, sleep_until, to_epoch_ms
+from postdate.command import Command
+from postdate.envelope import DUE, Envelope
+
+
+class Ping(Command, queue="clock.ping"):
+    """A command to wrap in an envelope."""
 
 MOMENTS = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
@@ -19,6 +25,13 @@ MOMENTS = st.datetimes(
 def test_a_due_time_on_the_wire_is_never_before_the_exact_one(due: datetime) -> None:
     carried = from_epoch_ms(to_epoch_ms(due))
     assert due <= carried < due + timedelta(milliseconds=1)
+
+
+@given(MOMENTS)
+def test_an_envelope_carries_a_due_time_never_before_the_exact_one(due: datetime) -> None:
+    carried = (Envelope.for_command(Ping(), due).properties().headers or {})[DUE]
+    assert isinstance(carried, int)
+    assert from_epoch_ms(carried) >= due
 
 
 @settings(max_examples=40, deadline=None)

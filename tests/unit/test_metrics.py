@@ -67,6 +67,9 @@ def test_not_ready_gives_the_reason(loop: asyncio.AbstractEventLoop) -> None:
 def test_a_busy_loop_is_not_ready(loop: asyncio.AbstractEventLoop) -> None:
     loop.call_soon_threadsafe(time.sleep, 1.0)  # a handler blocking the event loop
     assert probes(loop).not_ready() == "event loop not responding"
+    # Let the probe's coroutine run once the loop is free: stopping the loop first would
+    # destroy it pending, which pytest reports as an error in whichever test comes next.
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01), loop).result(10)
 
 
 def test_a_closed_loop_is_stopping() -> None:

@@ -59,11 +59,11 @@ def test_delay_zero_goes_to_the_deliver_exchange(publisher: Planner) -> None:
 @pytest.mark.parametrize(
     ("delay", "seconds", "span"),
     [
-        (1, 1, timedelta(seconds=1)),
-        (1.999, 1, timedelta(seconds=1.999)),  # whole seconds only: the consumer holds the rest
-        (timedelta(seconds=300), 300, timedelta(seconds=300)),
-        (timedelta(days=7), 604_800, timedelta(days=7)),
-        (ladder.MAX_DELAY_SECONDS, ladder.MAX_DELAY_SECONDS, timedelta(seconds=2**28 - 1)),
+        (2, 1, timedelta(seconds=2)),  # the ladder delivers LADDER_LEAD (1 s) early
+        (2.999, 1, timedelta(seconds=2.999)),  # whole seconds only: the consumer holds the rest
+        (timedelta(seconds=300), 299, timedelta(seconds=300)),
+        (timedelta(days=7), 604_799, timedelta(days=7)),
+        (ladder.MAX_DELAY_SECONDS, ladder.MAX_DELAY_SECONDS - 1, timedelta(seconds=2**28 - 1)),
     ],
 )
 def test_delays_enter_the_level_of_their_highest_bit_by_the_default_exchange(
@@ -77,8 +77,8 @@ def test_delays_enter_the_level_of_their_highest_bit_by_the_default_exchange(
     assert envelope.due_at == NOW + span
 
 
-@pytest.mark.parametrize("delay", [0.5, 0.999, timedelta(milliseconds=1)])
-def test_sub_second_delays_deliver_at_once(publisher: Planner, delay: When) -> None:
+@pytest.mark.parametrize("delay", [0.5, 0.999, 1, 1.999, timedelta(milliseconds=1)])
+def test_delays_within_the_lead_and_a_second_deliver_at_once(publisher: Planner, delay: When) -> None:
     _, target = publisher.prepare(Expire(order=1), delay, now=NOW)
     assert target.exchange == "p.deliver"
 
@@ -87,7 +87,7 @@ def test_at(publisher: Planner) -> None:
     due = NOW + timedelta(seconds=10, milliseconds=700)
     envelope, target = publisher.prepare(Expire(order=1), at=due, now=NOW)
     assert envelope.due_at == due
-    assert target == Route("", "p.delay.3", (ladder.routing_key(10, "orders.expire"),))
+    assert target == Route("", "p.delay.3", (ladder.routing_key(9, "orders.expire"),))
     # an aware datetime given as the delay means the same
     assert publisher.prepare(Expire(order=1), due, now=NOW)[1] == target
 
