@@ -16,6 +16,7 @@ from postdate.command import Command
 from postdate.envelope import ATTEMPT, BROKER_HEADERS, DUE, QUEUE, SCHEMA, Envelope
 from postdate.errors import InvalidMessage
 from postdate.publisher import Publisher
+from postdate.scheduling import LADDER_LEAD
 from postdate.topology import QueueSpec, Topology, command_queue_topology, quorum
 from tests.helpers import Cleanup, collect, command_for, derive
 
@@ -69,7 +70,8 @@ async def test_republished_copy_carries_no_broker_headers(
 ) -> None:
     queue = f"{prefix}.again"
     await cleanup.declare(connection, command_queue_topology(prefix, queue))
-    await publisher.send(command_for(queue)(n=1), timedelta(seconds=3))  # levels 1, 0
+    # 4 s: the ladder carries 3 s (levels 1 and 0), the worker would hold the lead
+    await publisher.send(command_for(queue)(n=1), LADDER_LEAD + timedelta(seconds=3))
 
     [first] = await collect(connection, queue, 1, timeout=8)
     headers = dict(first.message.headers or {})
@@ -88,9 +90,9 @@ async def test_republished_copy_carries_no_broker_headers(
     assert headers[DUE] == (first.message.headers or {})[DUE]
     assert headers[QUEUE] == queue
 
-    # Due in a second: one fresh hop through level 0 and nothing of the old path.
+    # Due in a second after the lead: one fresh hop through level 0, nothing of the old path.
     later = dataclasses.replace(
-        envelope.next_attempt(), due_at=datetime.now(UTC) + timedelta(seconds=1.2)
+        envelope.next_attempt(), due_at=datetime.now(UTC) + LADDER_LEAD + timedelta(seconds=1.2)
     )
     assert await publisher.publish_each([later]) == [None]
     [third] = await collect(connection, queue, 1, timeout=5)

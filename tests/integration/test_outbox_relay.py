@@ -23,6 +23,7 @@ from postdate import Publisher, Settings, outbox
 from postdate.clock import to_epoch_ms
 from postdate.envelope import DUE
 from postdate.outbox import OutboxRelay, OutboxRow, RelayHooks
+from postdate.scheduling import LADDER_LEAD
 from postdate.topology import command_queue_topology
 from tests.helpers import Cleanup, collect, queue_depth
 from tests.integration.orders_fixtures import READY, STAGES, Database, relay_child_command
@@ -78,8 +79,10 @@ async def test_relay_publishes_rows_with_their_ids_and_due_times(
         headers = item.message.headers or {}
         assert headers[DUE] == to_epoch_ms(row.due_at)  # the exact due time travels along
         assert item.message.correlation_id == row.correlation_id
-        # the ladder rounds down to whole seconds; the consumer holds the remainder
-        assert item.arrived >= row.due_at.timestamp() - 1.05
+        # the ladder carries whole seconds until its lead before due; the consumer holds
+        # the lead and the sub-second remainder
+        earliest = row.due_at - LADDER_LEAD - timedelta(seconds=1.05)
+        assert item.arrived >= earliest.timestamp()
 
 
 async def test_a_failed_publish_stays_pending(store: OrderStore, rabbitmq: str) -> None:

@@ -78,7 +78,9 @@ def test_delays_enter_the_level_of_their_highest_bit_by_the_default_exchange(
 
 
 @pytest.mark.parametrize("delay", [0.5, 0.999, 1, 1.999, timedelta(milliseconds=1)])
-def test_delays_within_the_lead_and_a_second_deliver_at_once(publisher: Planner, delay: When) -> None:
+def test_delays_within_the_lead_and_a_second_deliver_at_once(
+    publisher: Planner, delay: When
+) -> None:
     _, target = publisher.prepare(Expire(order=1), delay, now=NOW)
     assert target.exchange == "p.deliver"
 
