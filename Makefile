@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-faults lint bench demo topology clean
+.PHONY: install test test-faults lint bench bench-full demo topology clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ bench: $(STAMP)
 	$(PY) -m bench.publish
 	$(PY) -m bench.consume
 	$(PY) -m bench.outbox
+
+# The long runs (tens of minutes): broker memory and disk per pending command at 100k and
+# 1M pending, stock WAL against rabbit/rabbitmq.conf's, on a node of its own (rabbit/node.sh;
+# needs root and rabbitmq-server). BENCH_MEMORY_COUNTS=20000 makes a quick one.
+bench-full: $(STAMP)
+	$(PY) -m bench.memory $(if $(BENCH_MEMORY_COUNTS),--counts $(BENCH_MEMORY_COUNTS))
 
 demo: $(STAMP)
 	$(PY) -m orders.demo

@@ -2,9 +2,13 @@
 # A RabbitMQ node of the project's own beside the machine's broker (fault tests, the
 # cluster): its own node name, ports, data and log directories, config.
 #
-#   rabbit/node.sh start NAME PORT [ADVANCED_CONFIG]   start NAME@localhost on PORT; waits
+#   rabbit/node.sh start NAME PORT [ADVANCED_CONFIG [EXTRA_CONF]]
+#                                                      start NAME@localhost on PORT; waits
 #                                                      until it answers (NAME: letters,
-#                                                      digits, '-'; dist port PORT+20000)
+#                                                      digits, '-'; dist port PORT+20000).
+#                                                      ADVANCED_CONFIG may be '' to give
+#                                                      EXTRA_CONF alone: rabbitmq.conf
+#                                                      lines added to the node's own
 #   rabbit/node.sh stop NAME                           stop it (and wait)
 #   rabbit/node.sh ctl NAME ARGS...                    rabbitmqctl -n NAME@localhost ARGS
 #   rabbit/node.sh running NAME                        exit 0 if it answers
@@ -21,7 +25,7 @@ ctl() { local name=$1; shift; rabbitmqctl -q -n "$name@localhost" "$@"; }
 running() { ctl "$1" status >/dev/null 2>&1; }
 
 start() {
-    local name=$1 port=$2 advanced=${3:-} dir="$BASE/$1"
+    local name=$1 port=$2 advanced=${3:-} extra=${4:-} dir="$BASE/$1"
     [[ $name =~ ^[A-Za-z0-9-]+$ ]] || die "bad node name: $name"
     if running "$name"; then
         die "$name@localhost is already running (starting it again would crash the new one)"
@@ -31,6 +35,7 @@ start() {
 listeners.tcp.local = 127.0.0.1:$port
 loopback_users = none
 CONF
+    if [[ -n $extra ]]; then cat "$extra" >>"$dir/rabbitmq.conf"; fi
     if [[ -n $advanced ]]; then cp "$advanced" "$dir/advanced.config"; else rm -f "$dir/advanced.config"; fi
     echo "[]." >"$dir/enabled_plugins"
     chown -R rabbitmq:rabbitmq "$dir"
@@ -60,7 +65,7 @@ stop() {
 }
 
 case "${1:-}" in
-start) [[ $# -ge 3 ]] || die "usage: node.sh start NAME PORT [ADVANCED_CONFIG]"; start "$2" "$3" "${4:-}" ;;
+start) [[ $# -ge 3 ]] || die "usage: node.sh start NAME PORT [ADVANCED_CONFIG [EXTRA_CONF]]"; start "$2" "$3" "${4:-}" "${5:-}" ;;
 stop) [[ $# -eq 2 ]] || die "usage: node.sh stop NAME"; stop "$2" ;;
 ctl) [[ $# -ge 3 ]] || die "usage: node.sh ctl NAME ARGS..."; name=$2; shift 2; ctl "$name" "$@" ;;
 running) [[ $# -eq 2 ]] || die "usage: node.sh running NAME"; running "$2" ;;
