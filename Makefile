@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m bench.publish
 	$(PY) -m bench.consume
 	$(PY) -m bench.outbox
+	$(PY) -m bench.timing
 
 # The long runs (tens of minutes): broker memory and disk per pending command at 100k and
 # 1M pending, stock WAL against rabbit/rabbitmq.conf's, on a node of its own (rabbit/node.sh;
