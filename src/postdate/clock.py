@@ -20,12 +20,13 @@ def require_aware(moment: datetime, name: str) -> datetime:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def to_epoch_ms(moment: datetime) -> int:
     """``moment`` as whole milliseconds since the Unix epoch, rounded up: a due time
     carried in milliseconds is never before the exact one (exact integer arithmetic)."""
-    microseconds = (moment - EPOCH) // timedelta(microseconds=1)
+    microseconds = (moment - EPOCH) // _MICROSECOND
     return -(-microseconds // 1000)
 
 

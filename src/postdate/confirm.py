@@ -63,7 +63,10 @@ class ConfirmedChannel:
     def __init__(self, channel: AbstractRobustChannel, timeout: float) -> None:
         self.channel = channel
         self.timeout = timeout
-        self._busy_ids: dict[str, asyncio.Event] = {}
+        # Message ids in flight, each with the event its release sets (made only once a
+        # publish of the same id waits for it).
+        self._busy_ids: dict[str, asyncio.Event | None] = {}
+        self._deadlines = Deadlines()
 
     async def publish(self, plans: Sequence[Plan]) -> list[PostdateError | None]:
         """Publish what ``plans`` build, ``PIPELINE_WINDOW`` at a time; returns, in order,
@@ -72,6 +75,8 @@ class ConfirmedChannel:
         A publish interrupted by a lost connection is published again once the channel
         is back, within the window's deadline: a duplicate at worst (same message id).
         """
+        if len(plans) <= PIPELINE_WINDOW:
+            return await self._window(plans)
         results: list[PostdateError | None] = []
         for start in range(0, len(plans), PIPELINE_WINDOW):
             results += await self._window(plans[start : start + PIPELINE_WINDOW])
@@ -80,20 +85,24 @@ class ConfirmedChannel:
     async def _window(self, plans: Sequence[Plan]) -> list[PostdateError | None]:
         results: list[PostdateError | None] = [None] * len(plans)
         pending = list(range(len(plans)))
+        deadline = self._deadlines.start(self.timeout)
         try:
-            async with asyncio.timeout(self.timeout):
-                while pending:
-                    pending = await self._attempt(plans, pending, results)
-                    if pending:
-                        log.warning("publish.interrupted", publishes=len(pending), retry=True)
-                        await asyncio.sleep(RETRY_PAUSE_SECONDS)
-        except TimeoutError:
+            while pending:
+                pending = await self._attempt(plans, pending, results)
+                if pending:
+                    log.warning("publish.interrupted", publishes=len(pending), retry=True)
+                    await asyncio.sleep(RETRY_PAUSE_SECONDS)
+        except BaseException as error:
+            if not self._deadlines.stop(deadline, error):
+                raise
             timeout = PublishTimeout(
                 f"{len(pending)} publish(es) not confirmed within {self.timeout} s; they may "
                 "have arrived: publish again with the same message id (a duplicate at worst)"
             )
             for index in pending:
                 results[index] = timeout
+        else:
+            self._deadlines.stop(deadline, None)
         return results
 
     async def _attempt(
@@ -103,6 +112,15 @@ class ConfirmedChannel:
         interrupted, to publish again."""
         underlay = await self._usable()
         now = datetime.now(UTC)
+        if len(pending) == 1:  # a send: no batch to build
+            index = pending[0]
+            planned = plans[index](now)
+            if isinstance(planned, PostdateError):
+                results[index] = planned
+                return []
+            error = await self._send_one(underlay, planned)
+            results[index] = error
+            return [index] if isinstance(error, PublishInterrupted) else []
         batch: list[tuple[int, Outgoing]] = []
         for index in pending:
             planned = plans[index](now)
@@ -130,27 +148,17 @@ class ConfirmedChannel:
     async def _send(
         self, underlay: aiormq.abc.AbstractChannel, batch: Sequence[Outgoing]
     ) -> list[PostdateError | None]:
+        if len(batch) == 1:
+            return [await self._send_one(underlay, batch[0])]
         ids = [outgoing.properties.message_id or "" for outgoing in batch]
         if len(set(ids)) < len(ids):
             # aiormq matches a returned message to its publish by message_id: two in
             # flight with one id could swap a return for a confirm. One at a time.
-            return [(await self._send(underlay, [item]))[0] for item in batch]
+            return [await self._send_one(underlay, item) for item in batch]
         await self._claim(ids)
-        publishes = [
-            underlay.basic_publish(
-                outgoing.body,
-                exchange=outgoing.route.exchange,
-                routing_key=outgoing.route.routing_key,
-                properties=outgoing.properties,
-                mandatory=True,
-            )
-            for outgoing in batch
-        ]
+        publishes = [_publish(underlay, outgoing) for outgoing in batch]
         try:
-            if len(publishes) == 1:  # a task per publish costs a single send two loop turns
-                replies: list[object] = [await _settle(publishes[0])]
-            else:
-                replies = await asyncio.gather(*publishes, return_exceptions=True)
+            replies = await asyncio.gather(*publishes, return_exceptions=True)
         finally:
             self._release(ids)
         return [
@@ -160,12 +168,37 @@ class ConfirmedChannel:
             for outgoing, message_id, reply in zip(batch, ids, replies, strict=True)
         ]
 
+    async def _send_one(
+        self, underlay: aiormq.abc.AbstractChannel, outgoing: Outgoing
+    ) -> PostdateError | None:
+        """One publish, awaited in this task (a task per publish costs a send two loop
+        turns): None once confirmed, or its typed error."""
+        message_id = outgoing.properties.message_id or ""
+        if message_id in self._busy_ids:
+            await self._claim((message_id,))
+        else:
+            self._busy_ids[message_id] = None
+        try:
+            await _publish(underlay, outgoing)
+        except Exception as error:
+            return _translate(error, message_id, outgoing.route)
+        finally:
+            self._release((message_id,))
+        return None
+
     async def _claim(self, message_ids: Sequence[str]) -> None:
         """Wait until none of ``message_ids`` is in flight, then mark them in flight."""
+        busy = self._busy_ids
         for message_id in message_ids:
-            while message_id in self._busy_ids:
-                await self._busy_ids[message_id].wait()
-        self._busy_ids.update(dict.fromkeys(message_ids, asyncio.Event()))
+            while message_id in busy:
+                released = busy[message_id]
+                if released is None:
+                    released = busy[message_id] = asyncio.Event()
+                await released.wait()
+        if len(message_ids) == 1:
+            busy[message_ids[0]] = None
+        else:
+            busy.update(dict.fromkeys(message_ids))
 
     def _release(self, message_ids: Iterable[str]) -> None:
         for message_id in message_ids:
@@ -174,12 +207,81 @@ class ConfirmedChannel:
                 released.set()
 
 
-async def _settle(publish: Awaitable[object]) -> object:
-    """The publish's reply, or the exception it raised (as gather's return_exceptions)."""
-    try:
-        return await publish
-    except Exception as error:
-        return error
+class Deadline:
+    """One window's deadline (see :class:`Deadlines`)."""
+
+    __slots__ = ("at", "cancelling", "expired", "task")
+
+    def __init__(self, at: float, task: asyncio.Task[object]) -> None:
+        self.at = at
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+
+class Deadlines:
+    """The deadlines of the windows in flight, watched by one timer.
+
+    For each window what ``asyncio.timeout`` does (at its deadline its task is cancelled,
+    and that cancellation, and only that one, becomes a timeout), without arming and
+    cancelling a timer per window, which cost a send about as much as building its
+    message: the one timer waits for the earliest deadline, and is armed again when it
+    fires (about once per publish timeout while windows come and go).
+    """
+
+    def __init__(self) -> None:
+        self._running: set[Deadline] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, timeout: float) -> Deadline:
+        """Watch the current task until ``timeout`` seconds from now."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("a publish deadline must be started in a task")
+        deadline = Deadline(loop.time() + timeout, task)
+        self._running.add(deadline)
+        if self._timer is None or deadline.at < self._timer.when():
+            self._arm(loop, deadline.at)
+        return deadline
+
+    def stop(self, deadline: Deadline, error: BaseException | None) -> bool:
+        """Stop watching; whether ``error`` is the cancellation ``deadline`` caused, to be
+        taken as a timeout (what ``asyncio.timeout`` turns into a TimeoutError)."""
+        self._running.discard(deadline)
+        if not deadline.expired:
+            return False
+        return (
+            deadline.task.uncancel() <= deadline.cancelling
+            and type(error) is asyncio.CancelledError
+        )
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._expire, loop, at)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        """Cancel the tasks of the windows due by ``at`` (the timer's time); wait for the
+        next deadline."""
+        self._timer = None
+        for deadline in [deadline for deadline in self._running if deadline.at <= at]:
+            self._running.discard(deadline)
+            deadline.expired = True
+            deadline.task.cancel()
+        if self._running:
+            self._arm(loop, min(deadline.at for deadline in self._running))
+
+
+def _publish(underlay: aiormq.abc.AbstractChannel, outgoing: Outgoing) -> Awaitable[object]:
+    """The mandatory publish of ``outgoing`` on ``underlay`` (its reply awaits the confirm)."""
+    return underlay.basic_publish(
+        outgoing.body,
+        exchange=outgoing.route.exchange,
+        routing_key=outgoing.route.routing_key,
+        properties=outgoing.properties,
+        mandatory=True,
+    )
 
 
 def raise_first(results: Iterable[PostdateError | None]) -> None:

@@ -26,7 +26,7 @@ from postdate.consumer import Consumer, Registration
 from postdate.context import Context
 from postdate.envelope import Envelope, copy_properties
 from postdate.errors import InvalidMessage
-from postdate.logs import get_logger
+from postdate.logs import emit, get_logger
 from postdate.outcomes import Outcome, Reason, Skip
 from postdate.poison import safe_repr
 from postdate.publisher import Publisher
@@ -51,6 +51,7 @@ from postdate.settle import (
 HOLD_LIMIT_SECONDS = LADDER_LEAD.total_seconds() + 1.5
 _LOST_CHANNEL = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
 ACK_LOST = "ack lost: channel closed, will be redelivered"
+_WARNING_OUTCOMES = frozenset({Outcome.POISONED, Outcome.ABANDONED})  # the rest log at INFO
 
 log = get_logger(__name__)
 
@@ -219,20 +220,25 @@ class Dispatcher:
     ) -> None:
         duration = time.monotonic() - started
         self.outcomes[outcome] += 1
-        kind = message.type or ""
-        metrics.messages(delivery.queue, kind, outcome.value).inc()
-        metrics.handle_seconds(delivery.queue, kind).observe(duration)
-        level = log.warning if outcome in (Outcome.POISONED, Outcome.ABANDONED) else log.info
-        level(
-            "message",
-            message_id=message.message_id,
-            type=kind,
-            queue=delivery.queue,
-            outcome=outcome.value,
-            duration=round(duration, 4),
-            attempt=delivery.attempt,
-            **{key: value for key, value in fields.items() if value not in ("", None)},
-        )
+        kind, queue, ended = message.type or "", delivery.queue, outcome.value
+        metrics.messages(queue, kind, ended).inc()
+        metrics.handle_seconds(queue, kind).observe(duration)
+        line: dict[str, object] = {
+            "message_id": message.message_id,
+            "type": kind,
+            "queue": queue,
+            "outcome": ended,
+            "duration": round(duration, 4),
+            "attempt": delivery.attempt,
+        }
+        for key, value in fields.items():
+            if value not in ("", None):
+                line[key] = value
+        # One line per message, so the cheap way: bind() hands over the logger structlog
+        # cached (an attribute of the lazy proxy is looked up through it on every call),
+        # and emit() runs its processors without passing the fields as keywords.
+        level = "warning" if outcome in _WARNING_OUTCOMES else "info"
+        emit(log.bind(), level, "message", line)
 
 
 def _channel_lost(message: AbstractIncomingMessage) -> bool:

@@ -7,6 +7,7 @@ visits ladder level ``L`` (TTL ``2**L`` s) for every set bit ``L``, highest firs
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import datetime, timedelta
 
@@ -17,6 +18,7 @@ LEVELS = 28
 MAX_DELAY_SECONDS = 2**LEVELS - 1
 
 
+@functools.lru_cache(maxsize=4096, typed=True)  # pure; a send builds one per publish
 def routing_key(seconds: int, queue: str) -> str:
     """The ladder routing key for a delay of ``seconds`` whole seconds to ``queue``.
 

@@ -1,4 +1,9 @@
-"""Prometheus metrics for workers (served with the health probes when a metrics port is set)."""
+"""Prometheus metrics for workers (served with the health probes when a metrics port is set).
+
+What a worker updates once per message (messages, handle time, lateness or retry wait,
+in flight) are :mod:`postdate.families`: the same samples as prometheus_client's, at a
+fraction of the cost per update.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,36 @@ import functools
 import threading
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge, Histogram
 
-MESSAGES = Counter(
+from postdate.families import (
+    CounterChild,
+    CounterFamily,
+    GaugeChild,
+    GaugeFamily,
+    HistogramChild,
+    HistogramFamily,
+)
+
+MESSAGES = CounterFamily(
     "postdate_messages",
     "Messages processed by outcome",
     ["queue", "type", "outcome"],
 )
-HANDLE_SECONDS = Histogram(
+HANDLE_SECONDS = HistogramFamily(
     "postdate_handle_seconds",
     "Time from receipt to settlement, hold excluded",
     ["queue", "type"],
+    buckets=Histogram.DEFAULT_BUCKETS,
 )
-LATENESS_SECONDS = Histogram(
+LATENESS_SECONDS = HistogramFamily(
     "postdate_lateness_seconds",
     "Delivery time minus due time when a handler starts a first attempt (retries are in "
     "postdate_retry_wait_seconds)",
     ["queue"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
-RETRY_WAIT_SECONDS = Histogram(
+RETRY_WAIT_SECONDS = HistogramFamily(
     "postdate_retry_wait_seconds",
     "Delivery time minus the command's due time when a handler starts a retry (attempt > 1): "
     "a tier retry keeps the original due time, so this is every back-off so far plus any "
@@ -33,7 +48,7 @@ RETRY_WAIT_SECONDS = Histogram(
     ["queue"],
     buckets=(0.1, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
 )
-IN_FLIGHT = Gauge(
+IN_FLIGHT = GaugeFamily(
     "postdate_in_flight",
     "Deliveries this process received and has not settled yet (held ones included)",
     ["queue"],
@@ -57,31 +72,31 @@ POISON_DEPTH = Gauge(
 # Label lookups hash and lock on every call; a worker settles thousands of messages a
 # second over a handful of label sets, so keep the children.
 @functools.cache
-def messages(queue: str, kind: str, outcome: str) -> Counter:
+def messages(queue: str, kind: str, outcome: str) -> CounterChild:
     """The counter of settled messages with these labels."""
     return MESSAGES.labels(queue, kind, outcome)
 
 
 @functools.cache
-def handle_seconds(queue: str, kind: str) -> Histogram:
+def handle_seconds(queue: str, kind: str) -> HistogramChild:
     """The histogram of handling durations with these labels."""
     return HANDLE_SECONDS.labels(queue, kind)
 
 
 @functools.cache
-def lateness_seconds(queue: str) -> Histogram:
+def lateness_seconds(queue: str) -> HistogramChild:
     """The histogram of how late after their due time handlers got first attempts of ``queue``."""
     return LATENESS_SECONDS.labels(queue)
 
 
 @functools.cache
-def retry_wait_seconds(queue: str) -> Histogram:
+def retry_wait_seconds(queue: str) -> HistogramChild:
     """The histogram of how long after their due time handlers got retries of ``queue``."""
     return RETRY_WAIT_SECONDS.labels(queue)
 
 
 @functools.cache
-def in_flight(queue: str) -> Gauge:
+def in_flight(queue: str) -> GaugeChild:
     """The gauge of deliveries of ``queue`` received and not yet settled."""
     return IN_FLIGHT.labels(queue)
 

@@ -200,7 +200,9 @@ class Publisher:
                 the publish timeout (nothing was published).
             TopologyMismatch: see :func:`~postdate.declare.declare_topology`.
         """
-        await self._ensure_queues({envelope.queue for envelope in envelopes})
+        queues = {envelope.queue for envelope in envelopes}
+        if self._unregistered or not queues <= self._queues_seen:  # else nothing to ensure
+            await self._ensure_queues(queues)
         return await self._confirmed([self._plan(envelope) for envelope in envelopes])
 
     async def _ensure_queues(self, queues: set[str]) -> None:

@@ -101,6 +101,10 @@ class Decision:
     envelope: Envelope | None = None  # what goes back through the ladder, if not the delivery
 
 
+ACK_HANDLED = Decision(Step.ACK, Outcome.HANDLED)
+"""The decision for a handler that returned (most of them: made once)."""
+
+
 def decide(
     delivery: Delivery, result: Result, policy: RetryPolicy | None, now: datetime
 ) -> Decision:
@@ -114,7 +118,7 @@ def decide(
     """
     match result:
         case None:
-            return Decision(Step.ACK, Outcome.HANDLED)
+            return ACK_HANDLED
         case Skip():
             return Decision(Step.ACK, Outcome.SKIPPED, result.reason)
         case Stopping():

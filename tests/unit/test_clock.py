@@ -16,6 +16,7 @@ from postdate.envelope import DUE, Envelope
 class Ping(Command, queue="clock.ping"):
     """A command to wrap in an envelope."""
 
+
 MOMENTS = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
 )
