@@ -174,8 +174,10 @@ def _created_samples() -> bool:
     return bool(getattr(prometheus_client.metrics, "_use_created", True))
 
 
-class CounterFamily(Family[CounterChild]):
-    """A counter, written as prometheus_client writes a ``Counter``."""
+class _PlainFamily(Family[C]):
+    """A family whose children take no arguments: one of ``child_type`` per label set."""
+
+    child_type: type[C]
 
     def __init__(
         self,
@@ -184,7 +186,13 @@ class CounterFamily(Family[CounterChild]):
         labelnames: Sequence[str],
         registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
-        super().__init__(name, documentation, labelnames, CounterChild, registry)
+        super().__init__(name, documentation, labelnames, self.child_type, registry)
+
+
+class CounterFamily(_PlainFamily[CounterChild]):
+    """A counter, written as prometheus_client writes a ``Counter``."""
+
+    child_type = CounterChild
 
     def _family(self) -> Metric:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -195,17 +203,10 @@ class CounterFamily(Family[CounterChild]):
         family.add_metric(values, child.get(), created=created)
 
 
-class GaugeFamily(Family[GaugeChild]):
+class GaugeFamily(_PlainFamily[GaugeChild]):
     """A gauge, written as prometheus_client writes a ``Gauge``."""
 
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry | None = REGISTRY,
-    ) -> None:
-        super().__init__(name, documentation, labelnames, GaugeChild, registry)
+    child_type = GaugeChild
 
     def _family(self) -> Metric:
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
