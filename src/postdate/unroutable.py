@@ -1,7 +1,8 @@
 """The catch-all queue ``P.unroutable``: commands whose queue did not exist at delivery.
 
 They are kept, not dropped. Once their queue exists, :func:`redeliver_unroutable` sends
-them on (a worker does so for its own queues when it starts). Runs go through
+them on (a worker does so for its own queues when it starts, and whenever the
+catch-all queue grows). Runs go through
 :mod:`postdate.parked`: confirm-then-ack, only what was parked when the run started.
 """
 
@@ -21,6 +22,8 @@ from postdate.publisher import Publisher
 from postdate.topology import Names
 
 NOT_POSTDATE = "<not a postdate message>"
+# How often a worker looks at the catch-all queue's depth (one passive declare).
+UNROUTABLE_POLL_SECONDS = 5.0
 
 
 def destination(message: AbstractIncomingMessage) -> str:

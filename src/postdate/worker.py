@@ -26,7 +26,7 @@ from aio_pika.abc import (
 from postdate import metrics
 from postdate.connection import connect
 from postdate.consumer import Consumer
-from postdate.declare import declare_topology
+from postdate.declare import declare_topology, queue_states
 from postdate.dispatch import Dispatcher
 from postdate.errors import CommandDefinitionError
 from postdate.health import (
@@ -42,7 +42,8 @@ from postdate.outcomes import Outcome
 from postdate.publisher import Publisher
 from postdate.registry import register
 from postdate.settings import Settings
-from postdate.unroutable import redeliver_unroutable
+from postdate.topology import Names
+from postdate.unroutable import UNROUTABLE_POLL_SECONDS, redeliver_unroutable
 
 log = get_logger(__name__)
 
@@ -58,7 +59,8 @@ class Worker:
 
     With ``settings.metrics_port`` set, it serves ``/metrics``, ``/healthz`` and
     ``/readyz`` there (see :mod:`postdate.health`) and reads the depth of its queues'
-    poison queues every ``poison_poll_seconds``.
+    poison queues every ``poison_poll_seconds``. Every ``unroutable_poll_seconds`` it
+    looks at the catch-all queue and sends on what waits there for its queues.
     """
 
     def __init__(
@@ -92,6 +94,8 @@ class Worker:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._poison_poller: asyncio.Task[None] | None = None
         self.poison_poll_seconds = POISON_POLL_SECONDS
+        self._unroutable_watch: asyncio.Task[None] | None = None
+        self.unroutable_poll_seconds = UNROUTABLE_POLL_SECONDS
 
     @property
     def metrics_port(self) -> int | None:
@@ -155,6 +159,7 @@ class Worker:
         metrics.track_connected(self, self._is_connected)
         topology = self.app.topology(self.settings.prefix, self.settings.delivery_limit)
         await declare_topology(self._connection, topology)
+        await self._register_queues()
         await self._deliver_parked_commands()
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self.settings.prefetch)
@@ -167,6 +172,7 @@ class Worker:
             )
             tag = await queue.consume(self._on_message(name))
             self._consumers.append((queue, tag))
+        self._unroutable_watch = asyncio.create_task(self._watch_unroutable())
         if self._health is not None:
             self._poison_poller = asyncio.create_task(
                 poll_poison_depths(self._connection, self.app.queues(), self.poison_poll_seconds)
@@ -207,29 +213,56 @@ class Worker:
             return False
         return all(tag in underlay.consumers for _, tag in self._consumers)
 
-    async def _deliver_parked_commands(self) -> None:
-        """Register the app's queues, and send on commands for them that wait in the
-        catch-all queue (sent before any worker declared their queue). A failure here is
-        logged: it must not keep the worker from consuming."""
+    async def _register_queues(self) -> None:
+        """Register the app's queues (for status). A failure is logged, not raised."""
         assert self._connection is not None
-        queues = self.app.queues()
         try:
-            await register(self._connection, self.settings.prefix, queues)
+            await register(self._connection, self.settings.prefix, self.app.queues())
         except Exception as exc:  # status lists the queues once a later start registers
             log.warning("worker.register.failed", error=repr(exc))
+
+    async def _deliver_parked_commands(self) -> int | None:
+        """Send on commands for this worker's queues that wait in the catch-all queue, and
+        return how many stay there (for other queues), or None when it could not be read.
+
+        Commands land there when their queue did not exist at delivery: sent before any
+        worker declared it, or dead-lettered out of the ladder while a restarting broker
+        had not yet recovered its bindings. A failure is logged: it must not keep the
+        worker from consuming.
+        """
+        assert self._connection is not None
         try:
-            result = await redeliver_unroutable(self._connection, self.publisher, queues)
+            result = await redeliver_unroutable(self._connection, self.publisher, self.app.queues())
         except Exception as exc:
             log.warning("worker.unroutable.unchecked", error=repr(exc))
-            return
+            return None
         if result.tally.moved:
             log.warning(
                 "worker.unroutable.redelivered",
                 commands=len(result.tally.moved),
-                detail="commands sent before their queue existed were sent on",
+                detail="commands that found no queue at delivery were sent on",
             )
         if result.tally.error is not None:
             log.error("worker.unroutable.stopped", error=str(result.tally.error))
+        return result.tally.parked - len(result.tally.moved)
+
+    async def _watch_unroutable(self) -> None:
+        """Until cancelled: every ``unroutable_poll_seconds``, read the catch-all queue's
+        depth, and send on its commands when it grew since the last look (a broker
+        restart can route ladder commands there while their bindings are not yet back).
+        """
+        assert self._connection is not None
+        catch_all = Names(self.settings.prefix).unroutable
+        left: int | None = 0
+        while True:
+            await asyncio.sleep(self.unroutable_poll_seconds)
+            try:
+                state = (await queue_states(self._connection, [catch_all]))[catch_all]
+            except Exception as exc:
+                log.debug("worker.unroutable.unread", error=repr(exc))
+                continue
+            if state is not None and (left is None or state.messages > left):
+                left = await self._deliver_parked_commands()
 
     def _on_message(self, queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         in_flight = metrics.in_flight(queue)
@@ -280,6 +313,7 @@ class Worker:
         # Only now: cancelling the poller within a channel RPC can make the broker close
         # the whole connection (CHANNEL_ERROR), and with it the acks of running handlers.
         await _cancel(self._poison_poller)
+        await _cancel(self._unroutable_watch)
         if self._connection is not None:
             await self._connection.close()
         metrics.untrack_connected(self)

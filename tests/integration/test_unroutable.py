@@ -3,9 +3,12 @@ on once the queue exists: by a worker's start, or by `postdate unroutable redeli
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate import Consumer, Context, Outcome, Worker
+from postdate.envelope import Envelope
 from postdate.publisher import Publisher
 from postdate.settings import Settings
 from postdate.topology import Names, command_queue_topology
@@ -26,6 +29,20 @@ async def parked_count(connection: AbstractRobustConnection, prefix: str, count:
         return await queue_depth(connection, Names(prefix).unroutable) >= count
 
     await eventually(arrived, 15, f"{count} commands in the catch-all queue")
+
+
+async def park_directly(connection: AbstractRobustConnection, prefix: str, command: Ping) -> str:
+    """Put ``command``, due now, straight into the catch-all queue; its message id."""
+    envelope = Envelope.for_command(command, datetime.now(UTC))
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_publish(
+            envelope.body, routing_key=Names(prefix).unroutable, properties=envelope.properties()
+        )
+    finally:
+        await channel.close()
+    return envelope.message_id
 
 
 async def test_parked_commands_are_counted_and_redelivered_once_their_queue_exists(
@@ -86,5 +103,41 @@ async def test_first_deploy_commands_sent_before_any_worker_are_all_handled(
         assert set(handled) == sent | around
         assert worker.outcomes[Outcome.HANDLED] == 25
         assert await queue_depth(connection, Names(prefix).unroutable) == 0
+    finally:
+        await worker.stop(grace_period=1)
+
+
+async def test_a_running_worker_sends_on_commands_that_land_in_the_catch_all_later(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    connection: AbstractRobustConnection,
+) -> None:
+    """A restarting broker can dead-letter ladder commands before it has recovered their
+    bindings: they land in the catch-all queue while the worker runs. The worker sends
+    them on when it sees the queue grow; another queue's command stays parked."""
+    cmd = command_for(f"{prefix}.landed-late")
+    other = command_for(f"{prefix}.landed-late-other", name="Other")
+    app = Consumer()
+    handled: list[str] = []
+
+    @app.handler(cmd)
+    async def handle(command: Ping, context: Context) -> None:
+        handled.append(context.message_id)
+
+    cleanup.track(app.topology(prefix, settings.delivery_limit))
+    worker = Worker(app, settings, name=f"{prefix} landed-late worker")
+    worker.unroutable_poll_seconds = 0.2
+    await worker.start()
+    try:
+        # After start: as the broker would, with no binding for the command's queue.
+        stray = await send_around_the_publisher(connection, prefix, other(n=0))
+        await parked_count(connection, prefix, 1)
+        landed = {await park_directly(connection, prefix, cmd(n=n)) for n in range(3)}
+        await eventually(lambda: len(handled) >= 3, 10, "the parked commands handled")
+        assert set(handled) == landed
+        counts, _ = await count_unroutable(connection, prefix)
+        assert counts == {other.queue: 1}
+        assert stray not in handled
     finally:
         await worker.stop(grace_period=1)
