@@ -17,7 +17,8 @@ from orders.domain import (
     OrderStatus,
 )
 from orders.payments import PaymentGateway, PaymentUnavailable, RecordingGateway, Refund
-from orders.store import OrderStore, make_engine
+from orders.store import OrderStore
+from postdate.schedule import make_engine
 
 __all__ = [
     "DEFAULT_HOLD",

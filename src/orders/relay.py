@@ -9,10 +9,11 @@ import signal
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from orders.settings import OrdersSettings
-from orders.store import OrderStore, make_engine
+from orders.store import OrderStore
 from postdate import Publisher, Settings
 from postdate.logs import configure_logging, get_logger
 from postdate.outbox import OutboxRelay
+from postdate.schedule import make_engine
 
 log = get_logger("orders.relay")
 

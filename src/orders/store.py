@@ -15,13 +15,12 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 
 from orders.commands import ExpireReservation, expire_message_id
@@ -36,40 +35,7 @@ from orders.domain import (
 from orders.payments import PaymentGateway, Refund
 from orders.tables import metadata, orders, refunds, reminder_log
 from postdate import outbox
-
-SQLITE_BUSY_TIMEOUT = 30.0
-
-
-def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url``, set up for concurrent writers.
-
-    On SQLite: WAL journal, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every
-    transaction, so a transaction that reads before it writes waits for the write lock
-    instead of failing with "database is locked" when another writer got there first
-    (SQLite transactions are serialised; savepoints work).
-
-    Raises:
-        sqlalchemy.exc.ArgumentError: ``url`` is not a database URL SQLAlchemy knows.
-    """
-    if not url.startswith("sqlite"):
-        return create_async_engine(url, **kwargs)
-    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT, **kwargs.pop("connect_args", {})}
-    engine = create_async_engine(url, connect_args=connect_args, **kwargs)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
+from postdate.schedule.engine import make_engine
 
 
 class ReminderOutcome(StrEnum):

@@ -31,8 +31,10 @@ from postdate.outcomes import Outcome, Reason, Skip
 from postdate.poison import safe_repr
 from postdate.publisher import Publisher
 from postdate.retry import RetryPolicy
+from postdate.schedule.watch import CancelWatch
 from postdate.scheduling import LADDER_LEAD
 from postdate.settle import (
+    Cancelled,
     Decision,
     Delivery,
     Handled,
@@ -61,7 +63,9 @@ class Dispatcher:
     """Turns each delivery from a command queue into exactly one outcome.
 
     ``handler_slots`` bounds handlers running at once; once ``stopping`` is set,
-    deliveries not yet in a handler are left unacked for redelivery.
+    deliveries not yet in a handler are left unacked for redelivery. With ``schedule``
+    set, a cancelled command is acked as ``cancelled`` instead of handled, and every
+    outcome is recorded for the timeline.
     """
 
     app: Consumer
@@ -69,6 +73,7 @@ class Dispatcher:
     handler_slots: asyncio.Semaphore | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
+    schedule: CancelWatch | None = None
 
     async def process(self, message: AbstractIncomingMessage, queue: str) -> Outcome:
         """Decode, hold, handle and settle ``message`` from ``queue``; returns its outcome."""
@@ -82,6 +87,9 @@ class Dispatcher:
             undecodable = Delivery(queue, headers)
             return await self._settle(message, undecodable, Undecodable(error), None, started)
         delivery = Delivery(queue, headers, envelope)
+        watch = self.schedule
+        if watch is not None and watch.is_cancelled(envelope.message_id):  # spare the hold
+            return await self._settle(message, delivery, Cancelled(), None, started)
         early = (envelope.due_at - datetime.now(UTC)).total_seconds()
         if early > HOLD_LIMIT_SECONDS:
             return await self._settle(
@@ -91,6 +99,11 @@ class Dispatcher:
             with metrics.held(queue).track_inprogress():
                 await sleep_until(envelope.due_at)
             started = time.monotonic()
+        if watch is not None:
+            await watch.wait_fresh()
+            if watch.is_cancelled(envelope.message_id):
+                return await self._settle(message, delivery, Cancelled(), None, started)
+            watch.started(envelope.message_id)  # no await since the check: it is exact
         metrics.observe_start(
             queue,
             envelope.attempt,
@@ -239,6 +252,8 @@ class Dispatcher:
         # and emit() runs its processors without passing the fields as keywords.
         level = "warning" if outcome in _WARNING_OUTCOMES else "info"
         emit(log.bind(), level, "message", line)
+        if self.schedule is not None:
+            self.schedule.record(outcome, line, message.correlation_id)
 
 
 def _channel_lost(message: AbstractIncomingMessage) -> bool:

@@ -123,3 +123,16 @@ class QueueNotFound(PostdateError):
 
 class ReadLockBusy(PostdateError):
     """Another operator's read or move of the same parked queue did not end in time."""
+
+
+class UnknownCommand(PostdateError, LookupError):
+    """No scheduled command has this message id (not in the outbox, never recorded)."""
+
+
+class CancelTooLate(PostdateError):
+    """The command was already handled (or its handler was running): nothing was changed
+    for it. ``result`` says what it did."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -15,6 +15,7 @@ class Outcome(StrEnum):
     POISONED = "poisoned"  # copy confirmed on the poison queue, then acked
     RESCHEDULED = "rescheduled"  # arrived over a second early: sent back through the ladder
     ABANDONED = "abandoned"  # not acked (shutdown or lost channel): the broker redelivers
+    CANCELLED = "cancelled"  # cancelled in the schedule store: acked, the handler not called
 
 
 class Reason(StrEnum):

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     grace_period: Annotated[float, Field(ge=0, le=3600)] = 20.0
     delivery_limit: Annotated[int, Field(ge=1, le=1000)] = 5
     metrics_port: Annotated[int | None, Field(ge=0, le=65535)] = None
+    # The schedule store's database (the outbox's): workers check cancels and record
+    # outcomes there. SQLAlchemy async URL, e.g. postgresql+asyncpg://host/db.
+    schedule_url: Annotated[str | None, Field(min_length=1)] = None
 
     @property
     def url(self) -> str:

@@ -80,10 +80,15 @@ class Stopping:
     """The worker stopped before the handler could start."""
 
 
+@dataclass(frozen=True)
+class Cancelled:
+    """The command was cancelled in the schedule store: its handler is not called."""
+
+
 Handled = None
 """The result of a handler that returned."""
 
-Result = Exception | Undecodable | TooEarly | Stopping | None
+Result = Exception | Undecodable | TooEarly | Stopping | Cancelled | None
 """A handler's exception (``Skip``, ``Retry`` or any other), or one of the markers."""
 
 
@@ -103,6 +108,7 @@ class Decision:
 
 ACK_HANDLED = Decision(Step.ACK, Outcome.HANDLED)
 """The decision for a handler that returned (most of them: made once)."""
+ACK_CANCELLED = Decision(Step.ACK, Outcome.CANCELLED, "cancelled in the schedule")
 
 
 def decide(
@@ -114,7 +120,8 @@ def decide(
     copy in the poison queue; any other error puts a copy on the retry tier the policy
     picks (a ``Retry(after=...)`` longer than every tier goes through the delay ladder,
     due exactly then); an undecodable delivery is parked at once; a delivery too early goes back
-    through the ladder; one caught by a stopping worker is left for redelivery.
+    through the ladder; one caught by a stopping worker is left for redelivery; a cancelled
+    one is acked.
     """
     match result:
         case None:
@@ -123,6 +130,8 @@ def decide(
             return Decision(Step.ACK, Outcome.SKIPPED, result.reason)
         case Stopping():
             return Decision(Step.LEAVE, Outcome.ABANDONED, "worker stopping")
+        case Cancelled():
+            return ACK_CANCELLED
         case TooEarly():
             return Decision(Step.RESCHEDULE_THEN_ACK, Outcome.RESCHEDULED)
         case Undecodable():

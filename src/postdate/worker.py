@@ -41,6 +41,7 @@ from postdate.logs import get_logger
 from postdate.outcomes import Outcome
 from postdate.publisher import Publisher
 from postdate.registry import register
+from postdate.schedule import CancelWatch, ScheduleStore
 from postdate.settings import Settings
 from postdate.topology import Names
 from postdate.unroutable import UNROUTABLE_POLL_SECONDS, redeliver_unroutable
@@ -61,6 +62,9 @@ class Worker:
     ``/readyz`` there (see :mod:`postdate.health`) and reads the depth of its queues'
     poison queues every ``poison_poll_seconds``. Every ``unroutable_poll_seconds`` it
     looks at the catch-all queue and sends on what waits there for its queues.
+
+    With a ``schedule`` store (or ``settings.schedule_url``), cancelled commands are acked
+    as ``cancelled`` without calling their handler, and every outcome is recorded there.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class Worker:
         *,
         name: str | None = None,
         publisher: Publisher | None = None,
+        schedule: ScheduleStore | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or Settings.load()
@@ -95,6 +100,10 @@ class Worker:
         self._poison_poller: asyncio.Task[None] | None = None
         self.poison_poll_seconds = POISON_POLL_SECONDS
         self._unroutable_watch: asyncio.Task[None] | None = None
+        url = self.settings.schedule_url
+        self._owns_schedule = schedule is None and url is not None
+        self.schedule = ScheduleStore.from_url(url) if schedule is None and url else schedule
+        self._cancel_watch: CancelWatch | None = None
         self.unroutable_poll_seconds = UNROUTABLE_POLL_SECONDS
 
     @property
@@ -150,6 +159,10 @@ class Worker:
             await hook()
         if self._owns_publisher:
             await self.publisher.start()
+        if self.schedule is not None:
+            self._cancel_watch = self.schedule.watch(self.name)
+            await self._cancel_watch.start()
+            self.dispatcher.schedule = self._cancel_watch
         self._connection = await connect(
             self.settings.url,
             name=self.name,
@@ -319,6 +332,7 @@ class Worker:
         metrics.untrack_connected(self)
         if self._owns_publisher:
             await self.publisher.close()
+        await self._close_schedule()
         for hook in reversed(self.app.shutdown_hooks):
             try:
                 await hook()
@@ -329,6 +343,13 @@ class Worker:
             await self._health.close()
         log.info("worker.stopped", worker=self.name, outcomes=dict(self.outcomes))
         self._stopped.set()
+
+    async def _close_schedule(self) -> None:
+        """Write the outcomes still queued, unregister from cancels, close our own store."""
+        if self._cancel_watch is not None:
+            await self._cancel_watch.stop()
+        if self._owns_schedule and self.schedule is not None:
+            await self.schedule.close()
 
     async def _cancel_consumers(self) -> None:
         if self._channel is None or self._channel.is_closed:

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from orders.commands import ExpireReservation, expire_command_for
-from orders.store import OrderStore, make_engine
+from orders.store import OrderStore
+from postdate.schedule import make_engine
 from tests.integration.orders_fixtures import BACKENDS, Database, require_postgres
 
 

@@ -23,7 +23,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orders.store import OrderStore, make_engine
+from orders.store import OrderStore
+from postdate.schedule import make_engine
 from postdate import Publisher, Settings
 from postdate.outbox import OutboxRelay, OutboxRow, RelayHooks
 

@@ -11,13 +11,16 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from postdate.clock import require_aware, to_epoch_ms
 from postdate.errors import InvalidArgument
-from postdate.outbox.schema import OutboxRow, outbox_table
+from postdate.outbox.schema import OutboxRow, not_cancelled, outbox_table
 
 
 async def pending_count(session: AsyncSession) -> int:
-    """Rows not yet published (committed but not confirmed by the broker)."""
+    """Rows not yet published (committed but not confirmed by the broker), cancelled
+    ones left out (the relay skips them)."""
     result = await session.execute(
-        select(func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
+        select(func.count())
+        .select_from(outbox_table)
+        .where(outbox_table.c.sent_at.is_(None), not_cancelled())
     )
     return int(result.scalar_one())
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from postdate.envelope import Envelope
 from postdate.errors import InvalidArgument
 from postdate.logs import get_logger
-from postdate.outbox.schema import OutboxRow, outbox_table
+from postdate.outbox.schema import OutboxRow, not_cancelled, outbox_table
 from postdate.publisher import Publisher
 
 log = get_logger(__name__)
@@ -191,7 +191,7 @@ async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: fl
 async def _pending(session: AsyncSession, limit: int, *, lock: bool) -> list[OutboxRow]:
     query: Select[Any] = (
         select(outbox_table)
-        .where(outbox_table.c.sent_at.is_(None))
+        .where(outbox_table.c.sent_at.is_(None), not_cancelled())
         # rows whose publish failed before go last, so they cannot starve the others
         .order_by(outbox_table.c.attempts, outbox_table.c.id)
         .limit(limit)

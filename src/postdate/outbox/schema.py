@@ -17,8 +17,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    exists,
 )
 from sqlalchemy.engine import Row
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from postdate.clock import require_aware
@@ -54,7 +56,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _bigint_id() -> Column[int]:
+def bigint_id() -> Column[int]:
+    """An auto-incrementing primary key `id`, BIGINT where the database has it."""
     # SQLite only auto-increments INTEGER PRIMARY KEY, PostgreSQL wants BIGINT for volume.
     return Column(
         "id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
@@ -67,7 +70,7 @@ outbox_metadata = MetaData()
 outbox_table = Table(
     TABLE_NAME,
     outbox_metadata,
-    _bigint_id(),
+    bigint_id(),
     Column("message_id", String(255), nullable=False, unique=True),
     Column("queue", String(255), nullable=False),
     Column("type", String(255), nullable=False),
@@ -89,6 +92,22 @@ Index(
 )
 Index("ix_postdate_outbox_due", outbox_table.c.due_ms)
 Index("ix_postdate_outbox_correlation", outbox_table.c.correlation_id, outbox_table.c.due_ms)
+
+# A cancelled command's tombstone (postdate.schedule): the relay skips its outbox row.
+cancel_table = Table(
+    "postdate_cancel",
+    outbox_metadata,
+    bigint_id(),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("too_late_by", String(255), nullable=True),
+)
+
+
+def not_cancelled() -> ColumnElement[bool]:
+    """Outbox rows without a tombstone."""
+    return ~exists().where(cancel_table.c.message_id == outbox_table.c.message_id)
 
 
 @dataclass(frozen=True)

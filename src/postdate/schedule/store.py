@@ -1,0 +1,280 @@
+"""The schedule store: cancel, reschedule and the timeline, on the outbox's database."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from postdate.clock import require_aware, to_epoch_ms
+from postdate.errors import CancelTooLate, InvalidArgument, UnknownCommand
+from postdate.outbox.schema import OutboxRow, outbox_metadata, outbox_table
+from postdate.schedule import views
+from postdate.schedule.cancels import CONFIRM_TIMEOUT_SECONDS, cancel_ids
+from postdate.schedule.engine import make_engine
+from postdate.schedule.records import (
+    CancelResult,
+    HistoryEntry,
+    OutcomeCount,
+    Scheduled,
+    Timeline,
+    Trimmed,
+)
+from postdate.schedule.watch import CancelWatch
+from postdate.scheduling import When, due_time
+
+
+class ScheduleStore:
+    """The schedule in the database the outbox uses (SQLite or PostgreSQL).
+
+    ``sessions`` makes a new :class:`AsyncSession` per call (an ``async_sessionmaker``);
+    :meth:`from_url` builds one. A worker given the same store (``Worker(schedule=...)``
+    or ``POSTDATE_SCHEDULE_URL``) never hands a cancelled command to its handler, and
+    records every command's outcome for :meth:`history` and :meth:`timeline`.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        confirm_timeout: float = CONFIRM_TIMEOUT_SECONDS,
+    ) -> None:
+        self.sessions = sessions
+        self.confirm_timeout = confirm_timeout
+        self._engine: AsyncEngine | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: float) -> ScheduleStore:
+        """A store on a new engine for ``url``, closed by :meth:`close`.
+
+        Raises:
+            sqlalchemy.exc.ArgumentError: ``url`` is not a database URL SQLAlchemy knows.
+        """
+        engine = make_engine(url)
+        store = cls(async_sessionmaker(engine, expire_on_commit=False), **kwargs)
+        store._engine = engine
+        return store
+
+    async def create_tables(self) -> None:
+        """Create the outbox and schedule tables that are missing (never alters one)."""
+        async with self.sessions() as session, session.begin():
+            connection = await session.connection()
+            await connection.run_sync(outbox_metadata.create_all)
+
+    async def close(self) -> None:
+        """Dispose of the engine :meth:`from_url` made (a given sessionmaker is the caller's)."""
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    def watch(self, worker: str) -> CancelWatch:
+        """The worker side: tombstones in memory and outcomes written behind."""
+        return CancelWatch(self.sessions, worker)
+
+    async def cancel(
+        self, message_id: str, *, reason: str = "", scheduled_only: bool = True
+    ) -> CancelResult:
+        """Cancel one command, wherever it is: in the outbox, in the ladder, or held by a
+        worker for its due time. Returns once every live worker has seen the cancel; the
+        result says whether it was in time (``status``).
+
+        Raises:
+            UnknownCommand: ``message_id`` is not in the outbox and has no recorded
+                outcome (with ``scheduled_only=False`` it is cancelled anyway: for a
+                command sent with ``Publisher.send``).
+        """
+        if scheduled_only and not await self._known(message_id):
+            raise UnknownCommand(f"no scheduled command {message_id!r}")
+        [result] = await cancel_ids(self.sessions, [message_id], reason, self.confirm_timeout)
+        return result
+
+    async def cancel_where(
+        self,
+        *,
+        correlation_id: str | None = None,
+        command_type: str | None = None,
+        queue: str | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        reason: str = "",
+    ) -> list[CancelResult]:
+        """Cancel every upcoming command that matches (at least one filter is required):
+        e.g. all that is pending for one entity (``correlation_id``).
+
+        Raises:
+            InvalidArgument: no filter given.
+            DelayError: ``after`` or ``before`` is naive.
+        """
+        filters = (correlation_id, command_type, queue, after, before)
+        if all(value is None for value in filters):
+            raise InvalidArgument("cancel_where needs at least one filter")
+        ids = [
+            row.message_id
+            for row in await self.upcoming(
+                correlation_id=correlation_id,
+                command_type=command_type,
+                queue=queue,
+                after=after,
+                before=before,
+                limit=None,
+            )
+        ]
+        return await cancel_ids(self.sessions, ids, reason, self.confirm_timeout)
+
+    async def reschedule(
+        self, message_id: str, delay: When | None = None, *, at: datetime | None = None
+    ) -> str:
+        """Move a scheduled command to a new due time; returns the id it travels under now.
+
+        The same command (type, body, correlation id) is written to the outbox under a new
+        message id, then the old one is cancelled (its tombstone says ``rescheduled as``
+        the new id). A crash in between leaves both: a duplicate at worst, never a loss.
+
+        Raises:
+            UnknownCommand: ``message_id`` is not in the outbox.
+            CancelTooLate: the old one was handled or running (the new one is cancelled).
+            DelayError: the new due time cannot be scheduled.
+        """
+        now = datetime.now(UTC)
+        due = due_time(now, delay, at)
+        old = await self._outbox_row(message_id)
+        new_id = str(uuid.uuid4())
+        async with self.sessions() as session, session.begin():
+            await session.execute(insert(outbox_table).values(**_copy(old, new_id, due, now)))
+        [result] = await cancel_ids(
+            self.sessions, [message_id], f"rescheduled as {new_id}", self.confirm_timeout
+        )
+        if not result.effective:
+            await cancel_ids(self.sessions, [new_id], f"reschedule of {message_id} too late")
+            raise CancelTooLate(f"{message_id} is {result.status}: {result.detail}", result)
+        return new_id
+
+    async def upcoming(
+        self,
+        *,
+        correlation_id: str | None = None,
+        command_type: str | None = None,
+        queue: str | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        limit: int | None = 100,
+    ) -> list[Scheduled]:
+        """Commands neither cancelled nor done, soonest due first (overdue ones too).
+
+        Raises:
+            DelayError: ``after`` or ``before`` is naive.
+        """
+        async with self.sessions() as session:
+            return await views.upcoming(
+                session,
+                correlation_id=correlation_id,
+                command_type=command_type,
+                queue=queue,
+                after=after,
+                before=before,
+                limit=limit,
+            )
+
+    async def history(
+        self,
+        *,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        command_type: str | None = None,
+        outcome: str | None = None,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        limit: int | None = 100,
+    ) -> list[HistoryEntry]:
+        """Recorded outcomes, newest first.
+
+        Raises:
+            DelayError: ``after`` or ``before`` is naive.
+        """
+        async with self.sessions() as session:
+            return await views.history(
+                session,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                command_type=command_type,
+                outcome=outcome,
+                after=after,
+                before=before,
+                limit=limit,
+            )
+
+    async def timeline(self, message_id: str) -> Timeline:
+        """Scheduled, due, published, cancelled, and every outcome of one command.
+
+        Raises:
+            UnknownCommand: nothing is known of ``message_id``.
+        """
+        async with self.sessions() as session:
+            found = await views.timeline(session, message_id)
+        if found is None:
+            raise UnknownCommand(f"no scheduled command {message_id!r}")
+        return found
+
+    async def overview(
+        self,
+        bucket: timedelta = timedelta(hours=1),
+        *,
+        after: datetime | None = None,
+        before: datetime | None = None,
+        command_type: str | None = None,
+    ) -> list[OutcomeCount]:
+        """Counts per bucket, type and outcome (``"scheduled"`` for what is to come).
+
+        Raises:
+            InvalidArgument: ``bucket`` is not a positive whole number of milliseconds.
+            DelayError: ``after`` or ``before`` is naive.
+        """
+        async with self.sessions() as session:
+            return await views.overview(
+                session, bucket, after=after, before=before, command_type=command_type
+            )
+
+    async def trim(self, older_than: timedelta, *, now: datetime | None = None) -> Trimmed:
+        """Delete history older than ``older_than``, and the outbox rows and tombstones of
+        commands that ended before then. What is still to come is kept. Tombstones of
+        commands not in the outbox go by age alone: keep ``older_than`` above your
+        longest delay.
+
+        Raises:
+            InvalidArgument: ``older_than`` is not positive.
+        """
+        if older_than <= timedelta(0):
+            raise InvalidArgument(f"older_than must be positive, got {older_than}")
+        before = require_aware(now or datetime.now(UTC), "now=") - older_than
+        async with self.sessions() as session, session.begin():
+            return await views.trim(session, before)
+
+    async def _known(self, message_id: str) -> bool:
+        async with self.sessions() as session:
+            return await views.timeline(session, message_id) is not None
+
+    async def _outbox_row(self, message_id: str) -> OutboxRow:
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(outbox_table).where(and_(outbox_table.c.message_id == message_id))
+                )
+            ).first()
+        if row is None:
+            raise UnknownCommand(f"no scheduled command {message_id!r}")
+        return OutboxRow.from_row(row)
+
+
+def _copy(row: OutboxRow, message_id: str, due: datetime, now: datetime) -> dict[str, object]:
+    return {
+        "message_id": message_id,
+        "queue": row.queue,
+        "type": row.type,
+        "body": row.body,
+        "due_at": due,
+        "due_ms": to_epoch_ms(due),
+        "correlation_id": row.correlation_id,
+        "created_at": now,
+        "attempts": 0,
+    }

@@ -1,0 +1,202 @@
+"""The worker's side of the schedule: the tombstones in memory, and outcomes written behind.
+
+Checking a delivery against the cancels is a set lookup: no database round trip per
+message. Every :data:`REFRESH_SECONDS` one transaction reads the tombstones written since
+the last read, writes the outcomes recorded since the last write (the timeline), marks
+tombstones of commands this worker had already started (too late), and records how far
+it has read (see :mod:`postdate.schedule.cancels` for why that makes a cancel exact).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from postdate.clock import to_epoch_ms
+from postdate.logs import get_logger
+from postdate.outcomes import Outcome
+from postdate.schedule.cancels import Sessions
+from postdate.schedule.tables import cancel_table, history_table, watcher_table
+
+log = get_logger(__name__)
+
+REFRESH_SECONDS = 0.2
+BEAT_SECONDS = 1.0
+# No handler starts while the last good read of the tombstones is older than this (the
+# deliveries wait, unacked): below cancels.WATCHER_LIVE_SECONDS, so a worker a cancel no
+# longer waits for cannot start what it cancelled.
+STALE_AFTER_SECONDS = 5.0
+RECORDED = frozenset(
+    {Outcome.HANDLED, Outcome.SKIPPED, Outcome.RETRIED, Outcome.POISONED, Outcome.CANCELLED}
+)
+MAX_DETAIL_CHARS = 1000
+
+
+class CancelWatch:
+    """One worker's view of the tombstones and its writer of outcomes.
+
+    :meth:`start` registers the worker and reads every tombstone; :meth:`is_cancelled`
+    then answers from memory, kept fresh by a background task until :meth:`stop`.
+    """
+
+    def __init__(self, sessions: Sessions, worker: str) -> None:
+        self.sessions = sessions
+        self.name = f"{worker}/{uuid.uuid4().hex[:8]}"
+        self.worker = worker
+        self._cancelled: set[str] = set()
+        self._seen = 0
+        self._started: Counter[str] = Counter()  # started, their outcome not yet written
+        self._outcomes: list[tuple[str, dict[str, Any] | None]] = []
+        self._fresh_at = 0.0
+        self._beat_at = 0.0
+        self._fresh = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.failures = 0
+
+    @property
+    def cancelled_count(self) -> int:
+        """Tombstones held in memory."""
+        return len(self._cancelled)
+
+    async def start(self) -> None:
+        """Register this worker and read every tombstone.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or lacks the
+                tables (``outbox_metadata.create_all``).
+        """
+        async with self.sessions() as session, session.begin():
+            now = datetime.now(UTC)
+            await session.execute(
+                insert(watcher_table).values(name=self.name, seen_cancel_id=0, beat_at=now)
+            )
+        await self.refresh()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Write what is left and unregister (a cancel then no longer waits for it)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await self.refresh()
+            async with self.sessions() as session, session.begin():
+                await session.execute(
+                    delete(watcher_table).where(watcher_table.c.name == self.name)
+                )
+        except Exception as exc:
+            log.error("schedule.stop_failed", error=repr(exc), unwritten=len(self._outcomes))
+
+    def is_cancelled(self, message_id: str) -> bool:
+        """Whether ``message_id`` was cancelled (as of the last read)."""
+        return message_id in self._cancelled
+
+    async def wait_fresh(self) -> None:
+        """Return once the last read of the tombstones is recent enough to start a handler."""
+        while time.monotonic() - self._fresh_at > STALE_AFTER_SECONDS:
+            self._fresh.clear()
+            await self._fresh.wait()
+
+    def started(self, message_id: str) -> None:
+        """Note that ``message_id`` goes to its handler now (call right after the check)."""
+        self._started[message_id] += 1
+
+    def record(self, outcome: Outcome, line: dict[str, object], correlation_id: str | None) -> None:
+        """Queue the outcome of one delivery for the next write (``line`` as logged)."""
+        message_id = str(line.get("message_id") or "")
+        row = None
+        if outcome in RECORDED and message_id:
+            detail = " ".join(str(line[key]) for key in ("reason", "error") if line.get(key))
+            now = datetime.now(UTC)
+            row = {
+                "message_id": message_id,
+                "queue": line["queue"],
+                "type": line["type"],
+                "correlation_id": correlation_id,
+                "attempt": line["attempt"],
+                "outcome": outcome.value,
+                "detail": detail[:MAX_DETAIL_CHARS],
+                "at": now,
+                "at_ms": to_epoch_ms(now),
+                "worker": self.worker,
+            }
+        self._outcomes.append((message_id, row))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except Exception as exc:  # keep trying; handlers wait once it is stale
+                self.failures += 1
+                log.warning("schedule.refresh_failed", error=repr(exc))
+
+    async def refresh(self) -> None:
+        """One round: read new tombstones, write outcomes and late marks, say how far read.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database failed (the outcomes stay queued).
+        """
+        began = time.monotonic()
+        outcomes, self._outcomes = self._outcomes, []
+        try:
+            async with self.sessions() as session, session.begin():
+                seen = await self._write_round(session, outcomes)
+        except BaseException:
+            self._outcomes[:0] = outcomes
+            raise
+        for message_id, _ in outcomes:
+            if self._started[message_id] > 0:
+                self._started[message_id] -= 1
+                if not self._started[message_id]:
+                    del self._started[message_id]
+        self._seen = seen
+        self._fresh_at = began
+        self._fresh.set()
+
+    async def _write_round(
+        self, session: AsyncSession, outcomes: list[tuple[str, dict[str, Any] | None]]
+    ) -> int:
+        """Write one round in ``session``'s transaction; the last tombstone id read."""
+        rows = await session.execute(
+            select(cancel_table.c.id, cancel_table.c.message_id)
+            .where(cancel_table.c.id > self._seen)
+            .order_by(cancel_table.c.id)
+        )
+        new = rows.all()
+        # The cache takes them before anything else runs: a delivery checked after this
+        # line sees them; one started before it is in self._started and marked late.
+        self._cancelled.update(message_id for _, message_id in new)
+        late = [cancel_id for cancel_id, message_id in new if message_id in self._started]
+        history = [row for _, row in outcomes if row is not None]
+        if history:
+            await session.execute(insert(history_table), history)
+        if late:
+            await session.execute(
+                update(cancel_table)
+                .where(cancel_table.c.id.in_(late))
+                .values(too_late_by=self.name)
+            )
+        seen = int(new[-1][0]) if new else self._seen
+        if seen != self._seen or time.monotonic() - self._beat_at >= BEAT_SECONDS:
+            await self._beat(session, seen)
+        return seen
+
+    async def _beat(self, session: AsyncSession, seen: int) -> None:
+        """Say this worker is alive and has read up to tombstone ``seen``."""
+        values = {"seen_cancel_id": seen, "beat_at": datetime.now(UTC)}
+        result = await session.execute(
+            update(watcher_table).where(watcher_table.c.name == self.name).values(**values)
+        )
+        if not getattr(result, "rowcount", 1):  # its row was removed (e.g. trimmed): back
+            await session.execute(insert(watcher_table).values(name=self.name, **values))
+        self._beat_at = time.monotonic()
