@@ -93,12 +93,12 @@ def _result(
     already: set[str],
     behind: tuple[str, ...],
 ) -> CancelResult:
-    if mid in late:
-        return CancelResult(mid, CancelStatus.TOO_LATE, f"was running on {late[mid]}")
     if finals.get(mid) == "cancelled" or mid in already:
         return CancelResult(mid, CancelStatus.ALREADY_CANCELLED)
     if mid in finals:
         return CancelResult(mid, CancelStatus.TOO_LATE, f"already {finals[mid]}")
+    if mid in late:
+        return CancelResult(mid, CancelStatus.TOO_LATE, f"was running on {late[mid]}")
     return CancelResult(mid, CancelStatus.CANCELLED, unconfirmed=behind)
 
 

@@ -1,0 +1,292 @@
+"""Cancel, reschedule and the timeline against the real broker and database (SQLite and
+PostgreSQL): a cancelled command is never handed to its handler, wherever it was when it
+was cancelled (outbox, ladder, held by a worker for its due time); one cancelled too late
+says so."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from postdate import Consumer, Context, Outcome, Publisher, Settings, Worker, outbox
+from postdate.envelope import Envelope
+from postdate.errors import CancelTooLate, UnknownCommand
+from postdate.outbox import OutboxRelay
+from postdate.schedule import CancelStatus, ScheduleStore
+from tests.helpers import Cleanup, Ping, command_for, eventually
+from tests.integration.orders_fixtures import Database
+
+
+@pytest.fixture(name="schedule")
+async def schedule_fixture(database: Database) -> AsyncIterator[ScheduleStore]:
+    """A schedule store with its tables on this test's database."""
+    engine = database.engine()
+    store = ScheduleStore(async_sessionmaker(engine, expire_on_commit=False), confirm_timeout=5)
+    await store.create_tables()
+    yield store
+    await engine.dispose()
+
+
+class Recorder:
+    """A consumer app whose handler records the message ids it was handed."""
+
+    def __init__(self, cmd: type[Ping]) -> None:
+        self.app = Consumer()
+        self.handled: list[str] = []
+        self.running = asyncio.Event()
+        self.release: asyncio.Event | None = None
+
+        @self.app.handler(cmd)
+        async def handle(command: Ping, context: Context) -> None:
+            self.running.set()
+            if self.release is not None:
+                await self.release.wait()
+            self.handled.append(context.message_id)
+
+
+async def start_worker(
+    recorder: Recorder,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    name: str,
+) -> Worker:
+    cleanup.track(recorder.app.topology(settings.prefix, settings.delivery_limit))
+    worker = Worker(recorder.app, settings, name=name, schedule=schedule)
+    await worker.start()
+    return worker
+
+
+async def schedule_rows(
+    schedule: ScheduleStore, cmd: type[Ping], delay: float, count: int = 1, entity: str = "acct-1"
+) -> list[str]:
+    async with schedule.sessions() as session, session.begin():
+        items = [(cmd(n=n), timedelta(seconds=delay)) for n in range(count)]
+        return await outbox.schedule_many(session, items, correlation_id=entity)
+
+
+async def relay_all(schedule: ScheduleStore, publisher: Publisher) -> int:
+    relay = OutboxRelay(schedule.sessions, publisher, batch_size=2000)
+    sent = 0
+    while moved := await relay.relay_once():
+        sent += moved
+    return sent
+
+
+async def outcomes_recorded(schedule: ScheduleStore, ids: list[str], outcome: str) -> bool:
+    entries = await schedule.history(outcome=outcome, limit=None)
+    return {entry.message_id for entry in entries} >= set(ids)
+
+
+async def test_cancel_before_relay_keeps_it_in_the_outbox_unpublished(
+    prefix: str, schedule: ScheduleStore, publisher: Publisher
+) -> None:
+    cmd = command_for(f"{prefix}.before-relay")
+    kept, cancelled = await schedule_rows(schedule, cmd, 60, count=2)
+    result = await schedule.cancel(cancelled, reason="paid")
+    assert result.status is CancelStatus.CANCELLED and result.unconfirmed == ()
+    assert [row.message_id for row in await schedule.upcoming(correlation_id="acct-1")] == [kept]
+    assert await relay_all(schedule, publisher) == 1  # the cancelled row is not published
+    async with schedule.sessions() as session:
+        assert await outbox.pending_count(session) == 0
+    timeline = await schedule.timeline(cancelled)
+    assert timeline.published_at is None and timeline.cancel_reason == "paid"
+    assert (await schedule.cancel(cancelled)).status is CancelStatus.ALREADY_CANCELLED
+
+
+async def test_cancel_in_the_ladder_and_while_held_is_never_handled(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    publisher: Publisher,
+    connection: AbstractRobustConnection,
+) -> None:
+    """Three commands: one cancelled while it travels the ladder, one while the worker
+    holds it for its due time (sent straight into the queue, due in 2 s), one left alone."""
+    cmd = command_for(f"{prefix}.in-flight")
+    recorder = Recorder(cmd)
+    worker = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} in-flight")
+    try:
+        in_ladder, kept = await schedule_rows(schedule, cmd, 4, count=2)
+        assert await relay_all(schedule, publisher) == 2
+        held = Envelope.for_command(cmd(n=9), datetime.now(UTC) + timedelta(seconds=2))
+        channel = await connection.channel()
+        await (await channel.get_underlay_channel()).basic_publish(
+            held.body, routing_key=cmd.queue, properties=held.properties()
+        )
+
+        def holding() -> bool:
+            return REGISTRY.get_sample_value("postdate_held", {"queue": cmd.queue}) == 1.0
+
+        await eventually(holding, 5, "the worker holds the command sent into its queue")
+        results = [
+            await schedule.cancel(held.message_id, scheduled_only=False),
+            await schedule.cancel(in_ladder),
+        ]
+        assert [result.status for result in results] == [CancelStatus.CANCELLED] * 2
+        await eventually(lambda: kept in recorder.handled, 10, "the kept command handled")
+        cancelled = [held.message_id, in_ladder]
+        await eventually(
+            lambda: outcomes_recorded(schedule, cancelled, "cancelled"), 10, "two cancelled"
+        )
+        assert recorder.handled == [kept]
+        assert worker.outcomes[Outcome.CANCELLED] == 2
+        timeline = await schedule.timeline(in_ladder)
+        assert timeline.published_at is not None
+        assert [entry.outcome for entry in timeline.outcomes] == ["cancelled"]
+        late = await schedule.cancel(kept)
+        assert late.status is CancelStatus.TOO_LATE and late.detail == "already handled"
+    finally:
+        await worker.stop(grace_period=1)
+
+
+async def test_cancel_while_the_handler_runs_is_reported_too_late(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    publisher: Publisher,
+) -> None:
+    cmd = command_for(f"{prefix}.running")
+    recorder = Recorder(cmd)
+    recorder.release = asyncio.Event()
+    worker = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} running")
+    try:
+        message_id = await publisher.send(cmd(n=1))
+        await asyncio.wait_for(recorder.running.wait(), 10)
+        result = await schedule.cancel(message_id, scheduled_only=False)
+        assert result.status is CancelStatus.TOO_LATE
+        assert result.detail.startswith(f"was running on {prefix} running/")
+        recorder.release.set()
+        await eventually(lambda: recorder.handled == [message_id], 5, "the handler finished")
+    finally:
+        await worker.stop(grace_period=1)
+
+
+async def test_ten_thousand_cancelled_with_two_workers_none_handled(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    publisher: Publisher,
+) -> None:
+    cmd = command_for(f"{prefix}.many")
+    recorder = Recorder(cmd)
+    workers = [
+        await start_worker(recorder, settings, cleanup, schedule, f"{prefix} many{n}")
+        for n in range(2)
+    ]
+    try:
+        ids = await schedule_rows(schedule, cmd, 15, count=10_000)
+        started = time.monotonic()
+        assert await relay_all(schedule, publisher) == 10_000  # all in the ladder
+        results = await schedule.cancel_where(command_type="Ping", queue=cmd.queue)
+        assert time.monotonic() - started < 14, "cancelled before the first fell due"
+        assert {result.status for result in results} == {CancelStatus.CANCELLED}
+        assert len(results) == 10_000
+        await eventually(
+            lambda: sum(worker.outcomes[Outcome.CANCELLED] for worker in workers) == 10_000,
+            60,
+            "10,000 acked as cancelled",
+            interval=0.5,
+        )
+        assert recorder.handled == []
+        assert await schedule.upcoming(queue=cmd.queue) == []
+        await eventually(
+            lambda: outcomes_recorded(schedule, ids, "cancelled"), 10, "history of all 10,000"
+        )
+    finally:
+        for worker in workers:
+            await worker.stop(grace_period=1)
+
+
+async def test_a_worker_started_after_the_cancel_honours_it(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    publisher: Publisher,
+) -> None:
+    cmd = command_for(f"{prefix}.restart")
+    recorder = Recorder(cmd)
+    first = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} first")
+    cancelled, kept = await schedule_rows(schedule, cmd, 3, count=2)
+    await relay_all(schedule, publisher)
+    assert (await schedule.cancel(cancelled)).status is CancelStatus.CANCELLED
+    await first.stop(grace_period=1)  # restarted between the cancel and the delivery
+    second = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} second")
+    try:
+        await eventually(lambda: recorder.handled == [kept], 10, "the kept one handled")
+        await eventually(
+            lambda: outcomes_recorded(schedule, [cancelled], "cancelled"), 10, "cancelled"
+        )
+        assert recorder.handled == [kept]
+    finally:
+        await second.stop(grace_period=1)
+
+
+async def test_reschedule_moves_the_command_and_links_the_two(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    publisher: Publisher,
+) -> None:
+    cmd = command_for(f"{prefix}.reschedule")
+    recorder = Recorder(cmd)
+    worker = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} reschedule")
+    try:
+        [original] = await schedule_rows(schedule, cmd, 3600)
+        await relay_all(schedule, publisher)
+        moved = await schedule.reschedule(original, timedelta(seconds=1))
+        await relay_all(schedule, publisher)
+        await eventually(lambda: recorder.handled == [moved], 10, "the moved command handled")
+        assert (await schedule.timeline(original)).cancel_reason == f"rescheduled as {moved}"
+        await eventually(
+            lambda: outcomes_recorded(schedule, [moved], "handled"), 5, "history written"
+        )
+        with pytest.raises(CancelTooLate):
+            await schedule.reschedule(moved, timedelta(seconds=5))
+        with pytest.raises(UnknownCommand):
+            await schedule.reschedule("no-such-id", timedelta(seconds=5))
+    finally:
+        await worker.stop(grace_period=1)
+
+
+async def test_history_overview_and_trim(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    publisher: Publisher,
+) -> None:
+    cmd = command_for(f"{prefix}.history")
+    recorder = Recorder(cmd)
+    worker = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} history")
+    try:
+        done = await schedule_rows(schedule, cmd, 0, count=3, entity="acct-7")
+        await schedule_rows(schedule, cmd, 3600, count=2, entity="acct-7")
+        await relay_all(schedule, publisher)
+        await eventually(lambda: outcomes_recorded(schedule, done, "handled"), 10, "3 handled")
+    finally:
+        await worker.stop(grace_period=1)
+    assert len(await schedule.history(correlation_id="acct-7")) == 3
+    assert len(await schedule.upcoming(correlation_id="acct-7")) == 2
+    counts = {
+        (count.outcome, count.count)
+        for count in await schedule.overview(timedelta(days=1), command_type="Ping")
+    }
+    assert counts == {("handled", 3), ("scheduled", 2)}
+    later = datetime.now(UTC) + timedelta(hours=2)
+    trimmed = await schedule.trim(timedelta(hours=1), now=later)
+    assert (trimmed.history, trimmed.outbox) == (3, 3)  # what is still to come stays
+    assert len(await schedule.upcoming(correlation_id="acct-7")) == 2
+    assert await schedule.history(correlation_id="acct-7") == []
