@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from postdate import Consumer, Context, Outcome, Publisher, Settings, Worker, outbox
 from postdate.envelope import Envelope
 from postdate.errors import CancelTooLate, UnknownCommand
 from postdate.outbox import OutboxRelay
-from postdate.schedule import CancelStatus, ScheduleStore
+from postdate.schedule import STALE_AFTER_SECONDS, CancelStatus, ScheduleStore
 from tests.helpers import Cleanup, Ping, command_for, eventually
 from tests.integration.orders_fixtures import Database
 
@@ -290,3 +291,32 @@ async def test_history_overview_and_trim(
     assert (trimmed.history, trimmed.outbox) == (3, 3)  # what is still to come stays
     assert len(await schedule.upcoming(correlation_id="acct-7")) == 2
     assert await schedule.history(correlation_id="acct-7") == []
+
+
+async def test_no_handler_starts_while_the_cancels_cannot_be_read(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    publisher: Publisher,
+) -> None:
+    """With the tombstones unreadable for longer than STALE_AFTER_SECONDS, deliveries wait
+    unacked (a cancel made meanwhile could not be honoured); they go on once readable."""
+    cmd = command_for(f"{prefix}.stale")
+    recorder = Recorder(cmd)
+    worker = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} stale")
+    try:
+        await rename_table(schedule, "postdate_cancel", "postdate_cancel_away")
+        await asyncio.sleep(STALE_AFTER_SECONDS + 0.5)
+        message_id = await publisher.send(cmd(n=1))
+        await asyncio.sleep(1.5)
+        assert recorder.handled == []
+        await rename_table(schedule, "postdate_cancel_away", "postdate_cancel")
+        await eventually(lambda: recorder.handled == [message_id], 5, "handled once readable")
+    finally:
+        await worker.stop(grace_period=1)
+
+
+async def rename_table(schedule: ScheduleStore, old: str, new: str) -> None:
+    async with schedule.sessions() as session, session.begin():
+        await session.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))

@@ -138,7 +138,12 @@ class CancelWatch:
                 await self.refresh()
             except Exception as exc:  # keep trying; handlers wait once it is stale
                 self.failures += 1
-                log.warning("schedule.refresh_failed", error=repr(exc))
+                if self.failures == 1:  # once per outage, not five times a second
+                    log.warning("schedule.refresh_failed", error=repr(exc))
+                continue
+            if self.failures:
+                log.info("schedule.refresh_recovered", failures=self.failures)
+                self.failures = 0
 
     async def refresh(self) -> None:
         """One round: read new tombstones, write outcomes and late marks, say how far read.
