@@ -22,7 +22,7 @@ from postdate.schedule.records import (
     Timeline,
     Trimmed,
 )
-from postdate.schedule.tables import cancel_table, history_table
+from postdate.schedule.tables import cancel_table, history_table, watcher_table
 
 Sessions = Callable[[], AsyncSession]
 SCHEDULED = "scheduled"  # the "outcome" of commands still to come, in the overview
@@ -254,7 +254,8 @@ def _bucket_start(number: int, size: int) -> datetime:
 async def trim(session: AsyncSession, before: datetime) -> Trimmed:
     """Delete what ended before ``before``: history rows recorded before it, outbox rows
     due before it that were relayed and are done, or cancelled, and tombstones older than it
-    whose command is done or no longer in the outbox. Nothing still to come is deleted.
+    whose command is done or no longer in the outbox, and the registrations of workers
+    silent since before it. Nothing still to come is deleted.
 
     Raises:
         DelayError: ``before`` is naive.
@@ -276,6 +277,8 @@ async def trim(session: AsyncSession, before: datetime) -> Trimmed:
             cancel_table.c.requested_at < require_aware(before, "before="), ~in_outbox
         )
     )
+    # Workers that stopped without unregistering (killed): long ignored by cancels.
+    await session.execute(delete(watcher_table).where(watcher_table.c.beat_at < before))
     history_rows = await session.execute(
         delete(history_table).where(history_table.c.at_ms < cutoff)
     )
