@@ -5,6 +5,8 @@ from postdate.consumer import Consumer
 from postdate.context import Context
 from postdate.errors import (
     BrokerUnavailable,
+    CancelTooLate,
+    CommandCancelled,
     CommandDefinitionError,
     ConfigError,
     DelayError,
@@ -22,6 +24,7 @@ from postdate.errors import (
     QueueNotFound,
     ReadLockBusy,
     TopologyMismatch,
+    UnknownCommand,
 )
 from postdate.outcomes import Outcome, Reason, Retry, Skip
 from postdate.publisher import Publisher
@@ -32,7 +35,9 @@ from postdate.worker import Worker, run
 
 __all__ = [
     "BrokerUnavailable",
+    "CancelTooLate",
     "Command",
+    "CommandCancelled",
     "CommandDefinitionError",
     "ConfigError",
     "Consumer",
@@ -59,6 +64,7 @@ __all__ = [
     "Settings",
     "Skip",
     "TopologyMismatch",
+    "UnknownCommand",
     "When",
     "Worker",
     "run",

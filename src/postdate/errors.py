@@ -136,3 +136,7 @@ class CancelTooLate(PostdateError):
     def __init__(self, message: str, result: object = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class CommandCancelled(PostdateError):
+    """The command was cancelled: rescheduling it would bring it back."""

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from postdate import Consumer, Context, Outcome, Publisher, Settings, Worker, outbox
 from postdate.envelope import Envelope
-from postdate.errors import CancelTooLate, UnknownCommand
+from postdate.errors import CancelTooLate, CommandCancelled, UnknownCommand
 from postdate.outbox import OutboxRelay
 from postdate.schedule import STALE_AFTER_SECONDS, CancelStatus, ScheduleStore
 from tests.helpers import Cleanup, Ping, command_for, eventually
@@ -258,6 +258,8 @@ async def test_reschedule_moves_the_command_and_links_the_two(
             await schedule.reschedule(moved, timedelta(seconds=5))
         with pytest.raises(UnknownCommand):
             await schedule.reschedule("no-such-id", timedelta(seconds=5))
+        with pytest.raises(CommandCancelled):  # it would come back to life
+            await schedule.reschedule(original, timedelta(seconds=5))
     finally:
         await worker.stop(grace_period=1)
 

@@ -1,4 +1,4 @@
-"""The `postdate` command line: worker, topology, poison, unroutable, status."""
+"""The `postdate` command line: worker, topology, poison, unroutable, status, schedule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from postdate.cli import poison, status, topology, unroutable, worker
+from postdate.cli import poison, schedule, status, topology, unroutable, worker
 from postdate.errors import PostdateError
 
 app = typer.Typer(help="Send commands into the future on RabbitMQ.", no_args_is_help=True)
@@ -15,6 +15,7 @@ app.command()(status.status)
 app.add_typer(topology.app, name="topology")
 app.add_typer(poison.app, name="poison")
 app.add_typer(unroutable.app, name="unroutable")
+app.add_typer(schedule.app, name="schedule")
 
 __all__ = ["app", "main"]
 

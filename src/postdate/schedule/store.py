@@ -9,13 +9,14 @@ from sqlalchemy import and_, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from postdate.clock import require_aware, to_epoch_ms
-from postdate.errors import CancelTooLate, InvalidArgument, UnknownCommand
+from postdate.errors import CancelTooLate, CommandCancelled, InvalidArgument, UnknownCommand
 from postdate.outbox.schema import OutboxRow, outbox_metadata, outbox_table
 from postdate.schedule import views
 from postdate.schedule.cancels import CONFIRM_TIMEOUT_SECONDS, cancel_ids
 from postdate.schedule.engine import make_engine
 from postdate.schedule.records import (
     CancelResult,
+    CancelStatus,
     HistoryEntry,
     OutcomeCount,
     Scheduled,
@@ -134,21 +135,32 @@ class ScheduleStore:
         Raises:
             UnknownCommand: ``message_id`` is not in the outbox.
             CancelTooLate: the old one was handled or running (the new one is cancelled).
+            CommandCancelled: the old one was cancelled (rescheduling would revive it).
             DelayError: the new due time cannot be scheduled.
         """
         now = datetime.now(UTC)
         due = due_time(now, delay, at)
         old = await self._outbox_row(message_id)
+        await self._refuse_cancelled(message_id)
         new_id = str(uuid.uuid4())
         async with self.sessions() as session, session.begin():
             await session.execute(insert(outbox_table).values(**_copy(old, new_id, due, now)))
         [result] = await cancel_ids(
             self.sessions, [message_id], f"rescheduled as {new_id}", self.confirm_timeout
         )
-        if not result.effective:
-            await cancel_ids(self.sessions, [new_id], f"reschedule of {message_id} too late")
+        if result.status is not CancelStatus.CANCELLED:  # handled, or cancelled meanwhile
+            await cancel_ids(self.sessions, [new_id], f"reschedule of {message_id} failed")
+            if result.status is CancelStatus.ALREADY_CANCELLED:
+                raise CommandCancelled(f"{message_id} was cancelled: nothing to reschedule")
             raise CancelTooLate(f"{message_id} is {result.status}: {result.detail}", result)
         return new_id
+
+    async def _refuse_cancelled(self, message_id: str) -> None:
+        async with self.sessions() as session:
+            found = await views.timeline(session, message_id)
+        if found is not None and found.cancelled_at is not None:
+            why = f" ({found.cancel_reason})" if found.cancel_reason else ""
+            raise CommandCancelled(f"{message_id} was cancelled{why}: nothing to reschedule")
 
     async def upcoming(
         self,

@@ -124,7 +124,7 @@ async def history(
         conditions.append(table.c.message_id == message_id)
     if outcome is not None:
         conditions.append(table.c.outcome == outcome)
-    query = select(table).where(and_(*conditions)).order_by(table.c.at_ms.desc(), table.c.id.desc())
+    query = select(table).where(*conditions).order_by(table.c.at_ms.desc(), table.c.id.desc())
     rows = await session.execute(query.limit(limit))
     return [_entry(row) for row in rows]
 
@@ -216,7 +216,7 @@ async def _outcome_counts(
     conditions += _matching(table, None, command_type, None)
     query = (
         select(index, table.c.type, table.c.outcome, func.count())
-        .where(and_(*conditions))
+        .where(*conditions)
         .group_by(index, table.c.type, table.c.outcome)
     )
     return [
