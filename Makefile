@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-faults lint bench bench-full demo topology clean
+.PHONY: install test test-faults test-compose check-compose lint bench bench-full demo topology clean
 
 install: $(STAMP)
 
@@ -19,6 +19,17 @@ test: $(STAMP)
 # RabbitMQ node of the tests' own (rabbit/node.sh; needs root and rabbitmq-server).
 test-faults: $(STAMP)
 	$(PY) -m pytest -q -s --no-cov tests/faults
+
+# The integration suite against the compose stack (RabbitMQ with the delayed-message plugin,
+# PostgreSQL, the app), brought up under a project of its own and always torn down
+# (.ci/test-compose; needs a Docker engine and Compose v2).
+test-compose: $(STAMP)
+	.ci/test-compose
+
+# Without a Docker engine: the files docker-compose.yml and its Dockerfiles reference exist,
+# and `docker-compose config -q` accepts the file (when docker-compose is installed).
+check-compose: $(STAMP)
+	$(PY) .ci/check-compose
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
