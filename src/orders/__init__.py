@@ -2,9 +2,11 @@
 
 An order is placed; when an employee takes the item off the shelf it is reserved and an
 :class:`~orders.commands.ExpireReservation` is scheduled (through the transactional
-outbox) for the end of the hold period. A pickup completes the order, and the reminder,
-when it arrives, exits early; otherwise the reminder refunds the payment and cancels the
-order, exactly once however often it is delivered.
+outbox) for the end of the hold period. A pickup completes the order and cancels the
+reminder in the same transaction (:func:`postdate.schedule.cancel_in`): a worker with the
+schedule store acks it as ``cancelled`` without calling the handler, which would exit
+early anyway. Otherwise the reminder refunds the payment and cancels the order, exactly
+once however often it is delivered.
 """
 
 from orders.commands import ExpireReservation, expire_message_id

@@ -1,12 +1,14 @@
 """The demo: ``make demo`` (``python -m orders.demo``) with a RabbitMQ running.
 
 Sets everything up on its own (a temporary SQLite database, a topology under a unique
-prefix, a worker and an outbox relay in this process), places a few dozen orders,
-reserves them with the hold compressed to seconds, lets customers pick up a random part
-of them before the hold ends, makes the payment provider fail a share of the refunds,
-shows live progress and then a table of what every reminder did, checked against the
-database. Exits 0 only when every reminder reached its outcome; removes its broker
-objects and database either way.
+prefix, a worker with the schedule store and an outbox relay in this process), places a
+few dozen orders, reserves them with the hold compressed to seconds, lets customers pick
+up a random part of them before the hold ends (each pickup cancels its reminder, which
+the worker then acks as ``cancelled`` without calling the handler), makes the payment
+provider fail a share of the refunds, shows live progress and then a table of what every
+reminder did, checked against the database, and the timeline of two reminders (one
+refunded, one cancelled) from the schedule store. Exits 0 only when every reminder reached
+its outcome; removes its broker objects and database either way.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import aiormq
 
-from orders.commands import expire_command_for, expire_message_id
+from orders.commands import ExpireReservation, expire_command_for, expire_message_id
 from orders.domain import InvalidTransition, Order, OrderStatus
 from orders.payments import RecordingGateway, Refund
 from orders.reminders import Services, build_app
@@ -39,12 +41,16 @@ from postdate.errors import PostdateError
 from postdate.logs import configure_logging
 from postdate.outbox import OutboxRelay
 from postdate.registry import registry_topology
+from postdate.schedule import HistoryEntry, ScheduleStore, Timeline
 from postdate.topology import Topology
 
 REFUNDED = "refunded and cancelled"
 RETRIED = "retried then refunded"
-EXITED = "exited early"
+CANCELLED = "expiry cancelled"  # by the pickup: the worker acked it, no handler call
+EXITED = "exited early"  # the handler ran and found the order picked up (the safety net)
 NO_OUTCOME = "no outcome yet"
+ACKED_CANCELLED = "acked as cancelled, handler not called"
+NOT_PUBLISHED = "cancelled before it was published"
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,14 @@ class Row:
     detail: str
     deliveries: int
     refunds: tuple[Refund, ...]
+    handler_calls: int = 0  # entries in the reminder log: one per call of the handler
 
 
-def outcome_of(log: Sequence[ReminderEntry]) -> tuple[str, str]:
-    """What the reminder did, from its log entries: ``(outcome, detail)``."""
+def outcome_of(
+    log: Sequence[ReminderEntry], history: Sequence[HistoryEntry] = ()
+) -> tuple[str, str]:
+    """What the reminder did, from its log entries (written by the handler) and the
+    worker's outcomes in the schedule store (``history``): ``(outcome, detail)``."""
     refunded = [entry for entry in log if entry.outcome is ReminderOutcome.REFUNDED]
     failed = [entry for entry in log if entry.outcome is ReminderOutcome.FAILED]
     skipped = [entry for entry in log if entry.outcome is ReminderOutcome.SKIPPED]
@@ -69,6 +79,8 @@ def outcome_of(log: Sequence[ReminderEntry]) -> tuple[str, str]:
         return REFUNDED, ""
     if skipped:
         return EXITED, skipped[0].detail
+    if any(entry.outcome == Outcome.CANCELLED for entry in history):
+        return CANCELLED, ACKED_CANCELLED
     return NO_OUTCOME, f"{len(failed)} failed attempt(s)" if failed else ""
 
 
@@ -79,8 +91,10 @@ def check(row: Row) -> list[str]:
     if order.status is OrderStatus.COMPLETED:
         if row.refunds:
             problems.append("picked up but refunded")
-        if row.outcome != EXITED:
+        if row.outcome not in (CANCELLED, EXITED):
             problems.append(f"picked up but the reminder says {row.outcome!r}")
+        if row.outcome == CANCELLED and row.handler_calls:
+            problems.append(f"expiry cancelled but its handler ran {row.handler_calls} time(s)")
     elif order.status is OrderStatus.CANCELLED:
         if len(row.refunds) != 1:
             problems.append(f"cancelled with {len(row.refunds)} refunds")
@@ -95,24 +109,42 @@ def check(row: Row) -> list[str]:
     return problems
 
 
-async def table_rows(store: OrderStore, ids: set[uuid.UUID]) -> list[Row]:
+async def table_rows(store: OrderStore, schedule: ScheduleStore, ids: set[uuid.UUID]) -> list[Row]:
     """The table for the orders ``ids`` (a shared database may hold others)."""
     orders = [order for order in await store.all_orders() if order.id in ids]
     refunds = await store.refunds()
     log = await store.reminder_log()
+    history = await reminder_history(schedule, orders)
     rows = []
     for order in orders:
+        key = expire_message_id(order.id, order.reservation)
         entries = [entry for entry in log if entry.order_id == order.id]
-        outcome, detail = outcome_of(entries)
+        outcome, detail = outcome_of(entries, history.get(key, ()))
+        if outcome == NO_OUTCOME and order.status is OrderStatus.COMPLETED:
+            found = await schedule.timeline(key)  # picked up before the relay sent it?
+            if found.cancelled_at is not None and found.published_at is None:
+                outcome, detail = CANCELLED, NOT_PUBLISHED
         settled = sum(entry.outcome is not ReminderOutcome.FAILED for entry in entries)
         mine = tuple(refund for refund in refunds if refund.order_id == order.id)
-        rows.append(Row(order, outcome, detail, settled, mine))
+        rows.append(Row(order, outcome, detail, settled, mine, len(entries)))
     return rows
+
+
+async def reminder_history(
+    schedule: ScheduleStore, orders: Sequence[Order]
+) -> dict[str, list[HistoryEntry]]:
+    """The outcomes the worker recorded for the reminders of ``orders``, by message id."""
+    keys = {expire_message_id(order.id, order.reservation) for order in orders}
+    found: dict[str, list[HistoryEntry]] = {}
+    for entry in await schedule.history(command_type=ExpireReservation.command_type, limit=None):
+        if entry.message_id in keys:
+            found.setdefault(entry.message_id, []).append(entry)
+    return found
 
 
 def print_table(rows: Sequence[Row]) -> None:
     """Print the final table, grouped by what the reminder did."""
-    order_by = {EXITED: 0, REFUNDED: 1, RETRIED: 2, NO_OUTCOME: 3}
+    order_by = {CANCELLED: 0, EXITED: 1, REFUNDED: 2, RETRIED: 3, NO_OUTCOME: 4}
     header = f"  {'order':<8}  {'amount':>8}  {'status':<9}  {'reminder':<22}  detail"
     print(header)
     print("  " + "-" * (len(header) + 12))
@@ -124,6 +156,29 @@ def print_table(rows: Sequence[Row]) -> None:
             f"  {str(row.order.id)[:8]:<8}  {amount:>8}  {row.order.status.value:<9}  "
             f"{row.outcome:<22}  {'; '.join(details)}"
         )
+
+
+def print_timeline(timeline: Timeline, title: str) -> None:
+    """Print what the schedule store knows of one reminder, oldest first."""
+    print(f"  timeline of {title}: {timeline.type} {timeline.message_id}")
+    events: list[tuple[datetime, str, str]] = []
+    if timeline.scheduled_at is not None:
+        events.append((timeline.scheduled_at, "scheduled", "in the reserve's transaction"))
+    if timeline.published_at is not None:
+        events.append((timeline.published_at, "published", "by the outbox relay"))
+    if timeline.cancelled_at is not None:
+        events.append((timeline.cancelled_at, "cancel", timeline.cancel_reason))
+    if timeline.due_at is not None:
+        events.append((timeline.due_at, "due", ""))
+    for entry in timeline.outcomes:
+        note = f"attempt {entry.attempt}"
+        if timeline.due_at is not None:
+            after = (entry.at - timeline.due_at).total_seconds()
+            note += f", {abs(after):.3f} s {'after' if after >= 0 else 'before'} due"
+        detail = entry.detail if len(entry.detail) <= 60 else entry.detail[:57] + "..."
+        events.append((entry.at, f"-> {entry.outcome}", f"{note}: {detail or 'ok'}"))
+    for at, what, note in sorted(events, key=lambda event: event[0]):
+        print(f"    {at:%H:%M:%S.%f}"[:-3] + f" UTC  {what:<12}  {note}".rstrip())
 
 
 async def delete_topology(url: str, topology: Topology) -> None:
@@ -150,13 +205,17 @@ class Demo:
         command = expire_command_for(f"{self.prefix}.orders.expire_reservation")
         self.store = OrderStore.from_url(self.database_url, command=command, hold=self.hold)
         self.gateway = RecordingGateway(fail_rate=args.fail_rate, seed=self.seed)
+        # Cancels, outcomes and timelines, on the orders database (the store's engine).
+        self.schedule = self.store.schedule()
         retries = RetryPolicy(max_attempts=12, tiers=(timedelta(seconds=1), timedelta(seconds=2)))
         self.app = build_app(Services(self.store, self.gateway), command=command, retries=retries)
         # The registry its worker writes to goes with the rest.
         self.topology = self.app.topology(
             self.prefix, self.settings.delivery_limit
         ) + registry_topology(self.prefix)
-        self.worker = Worker(self.app, self.settings, name=f"orders-demo-{os.getpid()}")
+        self.worker = Worker(
+            self.app, self.settings, name=f"orders-demo-{os.getpid()}", schedule=self.schedule
+        )
         self.started = time.monotonic()
         self.pickups: dict[uuid.UUID, str] = {}
         self.ids: set[uuid.UUID] = set()
@@ -181,7 +240,10 @@ class Demo:
         )
         await self.store.create_schema()
         await self.worker.start()
-        self.say(f"worker consuming {', '.join(self.app.queues())}; outbox relay running")
+        self.say(
+            f"worker consuming {', '.join(self.app.queues())} with the schedule store; "
+            "outbox relay running"
+        )
         try:
             async with Publisher(settings=self.settings, connection_name="orders-demo") as pub:
                 relay = OutboxRelay(self.store.sessions, pub, poll_interval=0.2)
@@ -216,7 +278,10 @@ class Demo:
             "in one transaction; the relay publishes the reminders"
         )
         await self.print_overview(orders[0])
-        chosen = self.random.sample(reserved, round(len(orders) * args.pickup_share))
+        picked = round(len(orders) * args.pickup_share)
+        if args.pickup_share > 0:  # at least one, so that one reminder is cancelled
+            picked = max(1, picked)
+        chosen = self.random.sample(reserved, picked)
         pickups = [
             asyncio.create_task(self.pick_up(order, self.before_hold_ends(order)))
             for order in chosen
@@ -238,7 +303,8 @@ class Demo:
         return max(0.0, left - self.random.uniform(0.5, max(0.6, self.args.hold - 0.5)))
 
     async def pick_up(self, order: Order, after: float) -> None:
-        """After ``after`` seconds, complete ``order`` and note whether it was in time."""
+        """After ``after`` seconds, complete ``order`` (which cancels its reminder in the
+        same transaction) and note whether it was in time."""
         await asyncio.sleep(after)
         try:
             await self.store.complete(order.id)
@@ -265,7 +331,7 @@ class Demo:
     async def progress(self) -> bool:
         """Print one progress line; true once every reminder has an outcome and the
         outbox is drained."""
-        rows = await table_rows(self.store, self.ids)
+        rows = await table_rows(self.store, self.schedule, self.ids)
         async with self.store.sessions() as session:
             pending = await outbox.pending_count(session)
         statuses = Counter(row.order.status for row in rows)
@@ -274,16 +340,18 @@ class Demo:
             f"outbox pending {pending:2d} | reserved {statuses[OrderStatus.RESERVED]:2d} "
             f"completed {statuses[OrderStatus.COMPLETED]:2d} "
             f"cancelled {statuses[OrderStatus.CANCELLED]:2d} | reminders: "
-            f"{outcomes[EXITED]} exited early, {outcomes[REFUNDED]} refunded, "
+            f"{outcomes[CANCELLED]} cancelled, {outcomes[EXITED]} exited early, "
+            f"{outcomes[REFUNDED]} refunded, "
             f"{outcomes[RETRIED]} retried then refunded | "
             f"refund failures so far {self.gateway.failures}"
         )
         return all(row.outcome != NO_OUTCOME for row in rows) and pending == 0
 
     async def report(self, settled: bool) -> int:
-        """Print the table and totals, check them against the database and the worker;
-        return 0 when all agree (and ``settled``), else 1."""
-        rows = await table_rows(self.store, self.ids)
+        """Print the table and totals, check them against the database and the worker,
+        then print two reminders' timelines; return 0 when all agree (and ``settled``),
+        else 1."""
+        rows = await table_rows(self.store, self.schedule, self.ids)
         print()
         print_table(rows)
         problems = [f"{str(row.order.id)[:8]}: {p}" for row in rows for p in check(row)]
@@ -303,10 +371,18 @@ class Demo:
         picked = {o for o, what in self.pickups.items() if what == "picked up"}
         if completed != picked:
             problems.append(f"{len(picked)} pickups succeeded but {len(completed)} completed")
+        history = await reminder_history(self.schedule, [row.order for row in rows])
+        recorded = sum(e.outcome == Outcome.CANCELLED for es in history.values() for e in es)
+        if recorded != outcomes[Outcome.CANCELLED]:
+            problems.append(
+                f"worker acked {outcomes[Outcome.CANCELLED]} as cancelled, "
+                f"the schedule store recorded {recorded}"
+            )
         counts = Counter(row.outcome for row in rows)
         print()
         print(
-            f"  {len(rows)} orders: {counts[EXITED]} exited early (picked up), "
+            f"  {len(rows)} orders: {counts[CANCELLED]} expiry cancelled (picked up), "
+            f"{counts[EXITED]} exited early (picked up), "
             f"{counts[REFUNDED]} refunded and cancelled, {counts[RETRIED]} retried then "
             f"refunded; {self.gateway.failures} refund calls failed transiently, "
             f"{len(late)} pickup(s) came too late"
@@ -321,12 +397,29 @@ class Demo:
             print("  table does NOT match the database:")
             for problem in problems:
                 print(f"    - {problem}")
-            return 1
-        print(
-            "  table matches the database: every picked-up order completed and never refunded, "
-            "every expired order cancelled with exactly one refund"
-        )
-        return 0
+        else:
+            print(
+                "  table matches the database: every picked-up order completed and never "
+                "refunded, no handler called for a cancelled expiry; every expired order "
+                "cancelled with exactly one refund"
+            )
+        await self.print_timelines(rows)
+        return 1 if problems else 0
+
+    async def print_timelines(self, rows: Sequence[Row]) -> None:
+        """Print the schedule store's timeline of one refunded reminder (one that was
+        retried, if any) and of one the worker acked as cancelled after a pickup."""
+        refunded = [row for row in rows if row.outcome == RETRIED]
+        refunded += [row for row in rows if row.outcome == REFUNDED]
+        cancelled = [row for row in rows if row.detail == ACKED_CANCELLED]
+        cancelled += [row for row in rows if row.outcome == CANCELLED]
+        for chosen, what in ((refunded, "expired, refunded"), (cancelled, "picked up")):
+            if not chosen:
+                continue
+            order = chosen[0].order
+            key = expire_message_id(order.id, order.reservation)
+            print()
+            print_timeline(await self.schedule.timeline(key), f"order {str(order.id)[:8]} ({what})")
 
     async def close(self) -> None:
         """Remove the demo's broker objects (best effort), close the store, and delete

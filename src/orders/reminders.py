@@ -48,7 +48,10 @@ class LazyServices:
 
     consumers/expire_reservation.py calls :meth:`get` from the worker's start-up hook, so
     the pool opens (and, with ``ORDERS_CREATE_SCHEMA``, the default, missing tables are
-    created) before the first message; :meth:`close` runs as its shutdown hook.
+    created, the schedule store's among them) before the first message, and before the
+    worker starts reading cancels from the schedule store (the worker's own, on
+    ``POSTDATE_SCHEDULE_URL``: :meth:`OrdersSettings.worker_settings` defaults it to
+    ``DATABASE_URL``); :meth:`close` runs as its shutdown hook.
     """
 
     def __init__(self, settings: OrdersSettings | None = None) -> None:
@@ -111,6 +114,12 @@ def build_app(
     The handler exits early (``Skip``) when the order was picked up, already cancelled,
     or the reminder is stale; refunds and cancels in one transaction otherwise; and
     lets a payment failure propagate, so that the retry tiers try again.
+
+    Run it in a worker with the schedule store on the orders database
+    (``Worker(app, settings, schedule=store.schedule())``, or ``POSTDATE_SCHEDULE_URL``):
+    a pickup cancels its reminder, which that worker then acks as ``cancelled`` without
+    calling the handler. The handler's state check stays as the safety net (a worker
+    without the store, or a reminder already running when the pickup committed).
     """
     app = Consumer()
 

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orders.commands import QUEUE
 from orders.domain import DEFAULT_HOLD
+from postdate import Settings
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./orders.db"
 
@@ -34,6 +35,20 @@ class OrdersSettings(BaseSettings):
     def hold(self) -> timedelta:
         """The hold period, ``hold_seconds`` as a timedelta."""
         return timedelta(seconds=self.hold_seconds)
+
+    def worker_settings(self, **overrides: object) -> Settings:
+        """The worker's postdate settings: ``RABBITMQ_URL`` and ``POSTDATE_*``
+        as usual, except that ``POSTDATE_SCHEDULE_URL`` defaults to ``DATABASE_URL``, so
+        the worker honours the cancels pickups write and records every outcome in the
+        orders database. Set ``POSTDATE_SCHEDULE_URL`` to use another database.
+
+        Raises:
+            ConfigError: a postdate setting is invalid.
+        """
+        settings = Settings.load(**overrides)
+        if settings.schedule_url is None:
+            settings = Settings.load(**{"schedule_url": self.database_url, **overrides})
+        return settings
 
     @classmethod
     def load(cls, **overrides: object) -> Self:

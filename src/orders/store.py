@@ -4,7 +4,11 @@
 Every state change is one conditional ``UPDATE ... WHERE status = <from>``, so racing
 changes (a late pickup and the expiry reminder, or a reminder delivered twice) cannot
 both win. Reserving writes the order change and the scheduled reminder (an outbox row)
-in one transaction.
+in one transaction; a pickup writes the order change and the reminder's cancel (a
+tombstone in the schedule store, :func:`postdate.schedule.cancel_in`) in one transaction,
+so a worker with the schedule store acks the reminder as ``cancelled`` without running
+the handler (whose state check stays as the safety net for workers without it, and for a
+reminder already running when the pickup committed).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from orders.domain import (
 from orders.payments import PaymentGateway, Refund
 from orders.tables import metadata, orders, refunds, reminder_log
 from postdate import outbox
+from postdate.schedule import ScheduleStore, cancel_in
 from postdate.schedule.engine import make_engine
 
 
@@ -98,14 +103,20 @@ class OrderStore:
         """The database's dialect name (``sqlite``, ``postgresql``)."""
         return self.engine.dialect.name
 
+    def schedule(self) -> ScheduleStore:
+        """The schedule store on this database and engine (cancels, history, timelines):
+        give it to the worker (``Worker(app, settings, schedule=store.schedule())``)."""
+        return ScheduleStore(self.sessions)
+
     async def create_schema(self) -> None:
-        """Create the service's tables and the outbox table where missing."""
+        """Create the service's tables, the outbox table and the schedule store's tables
+        (cancels, history, workers: all in ``outbox_metadata``) where missing."""
         async with self.engine.begin() as connection:
             await connection.run_sync(metadata.create_all)
             await connection.run_sync(outbox.outbox_metadata.create_all)
 
     async def drop_schema(self) -> None:
-        """Drop the outbox table and the service's tables, with their rows."""
+        """Drop the outbox and schedule tables and the service's tables, with their rows."""
         async with self.engine.begin() as connection:
             await connection.run_sync(outbox.outbox_metadata.drop_all)
             await connection.run_sync(metadata.drop_all)
@@ -188,7 +199,9 @@ class OrderStore:
         return order
 
     async def complete(self, order_id: uuid.UUID, *, now: datetime | None = None) -> Order:
-        """The customer picked the order up.
+        """The customer picked the order up; cancels its expiry reminder in the same
+        transaction (a tombstone for :func:`expire_message_id` of the current reservation,
+        reason ``picked up``): both commit, or neither.
 
         Raises:
             OrderNotFound: no such order.
@@ -205,7 +218,11 @@ class OrderStore:
             row = result.first()
             if row is None:
                 raise await self._refusal(session, order_id, "complete")
-            return _order(row)
+            order = _order(row)
+            await cancel_in(
+                session, [expire_message_id(order.id, order.reservation)], reason="picked up"
+            )
+            return order
 
     async def expire(
         self,

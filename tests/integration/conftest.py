@@ -8,6 +8,7 @@ and fails the test when ``CI=true``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from sqlalchemy import text
 
 from orders.commands import ExpireReservation, expire_command_for
 from orders.store import OrderStore
+from postdate import Publisher
+from postdate.outbox import OutboxRelay
 from postdate.schedule import make_engine
 from tests.integration.orders_fixtures import BACKENDS, Database, require_postgres
 
@@ -71,3 +74,14 @@ async def store_fixture(
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def relay(store: OrderStore, publisher: Publisher) -> AsyncIterator[OutboxRelay]:
+    """An outbox relay on the store's database, running in the background for the test."""
+    running = OutboxRelay(store.sessions, publisher, poll_interval=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(running.run(stop))
+    yield running
+    stop.set()
+    await task

@@ -24,9 +24,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orders.store import OrderStore
-from postdate.schedule import make_engine
 from postdate import Publisher, Settings
 from postdate.outbox import OutboxRelay, OutboxRow, RelayHooks
+from postdate.schedule import make_engine
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql")

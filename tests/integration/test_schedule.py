@@ -20,7 +20,7 @@ from postdate import Consumer, Context, Outcome, Publisher, Settings, Worker, ou
 from postdate.envelope import Envelope
 from postdate.errors import CancelTooLate, CommandCancelled, UnknownCommand
 from postdate.outbox import OutboxRelay
-from postdate.schedule import STALE_AFTER_SECONDS, CancelStatus, ScheduleStore
+from postdate.schedule import STALE_AFTER_SECONDS, CancelStatus, ScheduleStore, cancel_in
 from tests.helpers import Cleanup, Ping, command_for, eventually
 from tests.integration.orders_fixtures import Database
 
@@ -100,6 +100,9 @@ async def test_cancel_before_relay_keeps_it_in_the_outbox_unpublished(
     timeline = await schedule.timeline(cancelled)
     assert timeline.published_at is None and timeline.cancel_reason == "paid"
     assert (await schedule.cancel(cancelled)).status is CancelStatus.ALREADY_CANCELLED
+    async with schedule.sessions() as session, session.begin():  # in the caller's transaction
+        assert await cancel_in(session, [cancelled, kept, "sent-directly"], reason="paid") == 2
+    assert await schedule.upcoming(correlation_id="acct-1") == []
 
 
 async def test_cancel_in_the_ladder_and_while_held_is_never_handled(

@@ -50,7 +50,8 @@ async def cancel_in(session: AsyncSession, message_ids: Sequence[str], reason: s
     """
     ids = list(dict.fromkeys(message_ids))
     await serialize_cancels(session)
-    fresh = [mid for mid in ids if mid not in await _tombstoned(session, ids)]
+    already = await _tombstoned(session, ids)
+    fresh = [mid for mid in ids if mid not in already]
     now = datetime.now(UTC)
     for chunk in _chunks(fresh):
         await session.execute(
