@@ -3,10 +3,16 @@ connections named after the test, a publisher, and cleanup of everything declare
 
 Integration tests use these fixtures and so need a RabbitMQ at ``RABBITMQ_URL``: without
 one they are skipped locally and fail when ``CI=true``.
+
+The ``backend`` fixture (``ladder``) is the backend of ``settings`` and so of the
+``publisher`` and of workers; a behaviour test runs on both with
+``@pytest.mark.parametrize("backend", BACKENDS)``. ``plugin`` runs against the broker at
+``POSTDATE_PLUGIN_URL`` (one with the delayed-message plugin), and is skipped without it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import uuid
@@ -19,9 +25,10 @@ from aio_pika.abc import AbstractRobustConnection
 from postdate.connection import redacted
 from postdate.publisher import Publisher
 from postdate.settings import Settings
-from tests.helpers import Cleanup, amqp_url, broker_address, broker_url
+from tests.helpers import NO_PLUGIN, PLUGIN_URL, Cleanup, amqp_url, broker_address, broker_url
 
 
+@functools.cache
 def _reachable(host: str, port: int, timeout: float = 3.0) -> str | None:
     """None if an AMQP broker answers on ``host:port``, else the reason it did not.
 
@@ -40,10 +47,21 @@ def _reachable(host: str, port: int, timeout: float = 3.0) -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def rabbitmq() -> str:
-    """The broker URL, once it was found listening (checked once per session)."""
+@pytest.fixture
+def backend() -> str:
+    """The backend of the test's settings: the ladder, unless the test parametrizes it."""
+    return "ladder"
+
+
+@pytest.fixture
+def rabbitmq(backend: str) -> str:
+    """The broker URL, once it was found listening (checked once per session): for the
+    plugin backend the broker at ``POSTDATE_PLUGIN_URL`` (skipped without one)."""
     url = broker_url()
+    if backend == "plugin":
+        url = os.environ.get(PLUGIN_URL, "")
+        if not url:
+            pytest.skip(NO_PLUGIN)
     host, port = broker_address(url)
     problem = _reachable(host, port)
     if problem is not None:
@@ -73,8 +91,8 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def settings(rabbitmq: str, prefix: str) -> Settings:
-    return Settings.load(prefix=prefix, rabbitmq_url=rabbitmq, connect_attempts=3)
+def settings(rabbitmq: str, prefix: str, backend: str) -> Settings:
+    return Settings.load(prefix=prefix, rabbitmq_url=rabbitmq, connect_attempts=3, backend=backend)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from postdate.connection import named_url
 from postdate.consumer import Consumer
 from postdate.declare import declare_topology, delete_topology, queue_exists
 from postdate.envelope import Envelope
+from postdate.plugin import plugin_topology
 from postdate.registry import registered, registry_queue, registry_topology
 from postdate.scheduling import plan
 from postdate.settings import DEFAULT_URL, Settings
@@ -36,6 +37,13 @@ from postdate.topology import (
 from postdate.worker import Worker
 
 C = TypeVar("C", bound=Command)
+
+
+# The backends a behaviour test runs on (``@pytest.mark.parametrize("backend", BACKENDS)``);
+# the plugin's needs a broker with the delayed-message plugin at POSTDATE_PLUGIN_URL.
+BACKENDS = ("ladder", "plugin")
+PLUGIN_URL = "POSTDATE_PLUGIN_URL"
+NO_PLUGIN = f"{PLUGIN_URL} not set: no broker with the delayed-message plugin here"
 
 
 def broker_url() -> str:
@@ -206,6 +214,7 @@ class Cleanup:
 
     def __post_init__(self) -> None:
         self.track(ladder_topology(self.prefix))
+        self.track(plugin_topology(self.prefix))  # the plugin backend's exchange, if any
 
     def track(self, topology: Topology) -> Topology:
         self.topologies.append(topology)

@@ -57,8 +57,8 @@ Plan = Callable[[datetime], Outgoing | PostdateError]
 
 
 class ConfirmedChannel:
-    """Publishes on ``channel`` (opened with publisher confirms) with ``mandatory`` set,
-    and reports each publish's fate."""
+    """Publishes on ``channel`` (opened with publisher confirms) with ``mandatory`` set
+    (but into the delayed-message plugin's exchange), and reports each publish's fate."""
 
     def __init__(self, channel: AbstractRobustChannel, timeout: float) -> None:
         self.channel = channel
@@ -274,13 +274,14 @@ class Deadlines:
 
 
 def _publish(underlay: aiormq.abc.AbstractChannel, outgoing: Outgoing) -> Awaitable[object]:
-    """The mandatory publish of ``outgoing`` on ``underlay`` (its reply awaits the confirm)."""
+    """The publish of ``outgoing`` on ``underlay`` (its reply awaits the confirm), mandatory
+    unless its route cannot be (see :attr:`Route.mandatory`)."""
     return underlay.basic_publish(
         outgoing.body,
         exchange=outgoing.route.exchange,
         routing_key=outgoing.route.routing_key,
         properties=outgoing.properties,
-        mandatory=True,
+        mandatory=outgoing.route.mandatory,
     )
 
 

@@ -25,6 +25,7 @@ DUE = "x-postdate-due"  # exact due time, epoch milliseconds
 ATTEMPT = "x-postdate-attempt"  # 1 for the first delivery, +1 per retry
 SCHEMA = "x-postdate-schema"
 QUEUE = "x-postdate-queue"  # destination command queue
+DELAY = "x-delay"  # the delayed-message plugin's delay, ms (it negates it on delivery)
 SCHEMA_VERSION = 1
 MIN_DUE_MS = 0
 MAX_DUE_MS = 253_402_300_799_000  # 9999-12-31T23:59:59Z, the last datetime Python has
@@ -46,6 +47,7 @@ BROKER_HEADERS = frozenset(
         "x-delivery-count",
         "CC",
         "BCC",
+        DELAY,
     }
 )
 _NOT_EXTRA = BROKER_HEADERS | OWN_HEADERS  # what a decoded envelope keeps as extra headers
@@ -115,8 +117,11 @@ class Envelope:
             QUEUE: self.queue,
         }
 
-    def properties(self, cc: Sequence[str] = ()) -> aiormq.spec.Basic.Properties:
-        """The AMQP properties of this envelope (``CC`` added when given).
+    def properties(
+        self, cc: Sequence[str] = (), delay_ms: int | None = None
+    ) -> aiormq.spec.Basic.Properties:
+        """The AMQP properties of this envelope (``CC`` added when given, and ``x-delay``
+        for the delayed-message plugin when ``delay_ms`` is).
 
         The only place an envelope becomes AMQP properties; the publisher hands them to
         aiormq directly (building an ``aio_pika.Message`` first costs about as much again
@@ -125,6 +130,8 @@ class Envelope:
         headers = self.headers()
         if cc:
             headers["CC"] = list(cc)
+        if delay_ms is not None:
+            headers[DELAY] = delay_ms
         return PublishProperties(
             content_type=CONTENT_TYPE,
             delivery_mode=PERSISTENT,

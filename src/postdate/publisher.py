@@ -1,7 +1,8 @@
-"""`Publisher`: send commands into the future through the delay ladder, with confirms.
+"""`Publisher`: send commands into the future, with confirms.
 
-Every publish is planned by :mod:`postdate.scheduling` and goes out through the one
-confirmed-publish path, :class:`postdate.confirm.ConfirmedChannel`.
+Every delayed publish is routed by the publisher's backend (:mod:`postdate.backend`: the
+delay ladder, planned by :mod:`postdate.scheduling`, or the delayed-message plugin) and
+goes out through the one confirmed-publish path, :class:`postdate.confirm.ConfirmedChannel`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate import scheduling
+from postdate.backend import LADDER, Backend, choose
 from postdate.command import Command
 from postdate.confirm import PIPELINE_WINDOW, ConfirmedChannel, Outgoing, Plan, raise_first
 from postdate.connection import connect
@@ -32,7 +34,7 @@ from postdate.logs import get_logger
 from postdate.registry import register
 from postdate.scheduling import When
 from postdate.settings import Settings
-from postdate.topology import Names, command_queue_topology, ladder_topology
+from postdate.topology import Names, Topology, command_queue_topology, ladder_topology
 
 Properties = aiormq.spec.Basic.Properties
 
@@ -68,6 +70,8 @@ class Publisher:
         self._confirms: ConfirmedChannel | None = None
         self._queues_seen: set[str] = set()
         self._unregistered: set[str] = set()
+        # How delayed commands travel (POSTDATE_BACKEND); chosen at start.
+        self.backend: Backend = LADDER
         # Command queues this publisher had to declare: no worker had declared them.
         self.declared_queues: list[str] = []
 
@@ -95,11 +99,12 @@ class Publisher:
         await self.close()
 
     async def start(self) -> None:
-        """Connect (with retries) and, unless ``declare=False``, declare the ladder.
+        """Connect (with retries), choose the backend (``POSTDATE_BACKEND``; ``auto`` asks
+        the broker), declare what it needs and, unless ``declare=False``, the ladder.
 
         Raises:
             BrokerUnavailable: the broker cannot be reached.
-            TopologyMismatch: a ladder object exists with other arguments.
+            TopologyMismatch: a ladder or backend object exists with other arguments.
         """
         self._connection = await connect(
             self.url,
@@ -108,8 +113,12 @@ class Publisher:
             attempt_timeout=self.settings.connect_timeout,
         )
         try:
+            self.backend = (await choose(self.settings)).backend
+            topology = self.backend.topology(self.settings.prefix)
             if self._declare:
-                await declare_topology(self._connection, ladder_topology(self.settings.prefix))
+                topology = ladder_topology(self.settings.prefix) + topology
+            if topology != Topology():
+                await declare_topology(self._connection, topology)
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._confirms = ConfirmedChannel(channel, self.settings.publish_timeout)
         except BaseException:
@@ -162,8 +171,8 @@ class Publisher:
     ) -> list[str]:
         """Schedule many commands, pipelining confirms; returns their message ids in order.
 
-        Every item is validated before anything is published. Returns once every publish
-        is confirmed.
+        Every item is validated (for the plugin backend too) before anything is published.
+        Returns once every publish is confirmed.
 
         Raises:
             DelayError: an item's delay cannot be scheduled (nothing published then).
@@ -178,26 +187,31 @@ class Publisher:
             )
             for command, when in items
         ]
+        self.backend.check(envelopes, now)  # its own limit (the plugin's is shorter)
         raise_first(await self.publish_each(envelopes))
         return [envelope.message_id for envelope in envelopes]
 
     async def publish_each(self, envelopes: Sequence[Envelope]) -> list[PostdateError | None]:
         """Publish envelopes towards their queues at their due times, pipelining confirms.
 
-        The ladder delay of each is the time left until its exact due time at the moment
-        it is written to the broker (after any wait for a reconnect or a resource alarm).
+        The delay of each (through the publisher's backend) is the time left until its
+        exact due time at the moment it is written to the broker (after any wait for a
+        reconnect or a resource alarm).
         Returns, per envelope and in order, None when the broker confirmed it, or the
         typed error (:class:`DelayError` for a due time beyond the ladder's reach, a
         :class:`PublishError` otherwise; a :class:`PublishTimeout` may have arrived).
 
         The first publish to a queue makes sure the queue exists: a command queue no
         worker has declared yet (the first deploy) is declared, with its poison queue,
-        as its worker declares it, and a warning is logged.
+        as its worker declares it, and a warning is logged. The plugin backend then binds
+        it on its exchange (the plugin cannot honour ``mandatory``).
 
         Raises:
             PublisherNotStarted: not started, or closed.
             PublishTimeout: the first publish to a queue could not check it exists within
                 the publish timeout (nothing was published).
+            PublishReturned: the plugin backend could not bind a queue that does not exist
+                (no ladder declared either; nothing was published).
             TopologyMismatch: see :func:`~postdate.declare.declare_topology`.
         """
         queues = {envelope.queue for envelope in envelopes}
@@ -224,9 +238,13 @@ class Publisher:
     async def _declare_missing(self, connection: AbstractRobustConnection, new: set[str]) -> None:
         missing = [queue for queue in sorted(new) if not await queue_exists(connection, queue)]
         if missing and not await exchange_exists(connection, self.names.deliver):
-            return  # no ladder: the publish is returned, and its error says to declare it
+            # No ladder: a ladder publish is returned, and its error says to declare it;
+            # the plugin's, not mandatory, is refused here (a missing queue is not bound).
+            await self.backend.prepare(connection, self.settings.prefix, new)
+            return
         for queue in missing:
             await self._declare_command_queue(connection, queue)
+        await self.backend.prepare(connection, self.settings.prefix, new)
         self._unregistered |= set(missing)
         self._queues_seen |= new
 
@@ -291,10 +309,11 @@ class Publisher:
     def _plan(self, envelope: Envelope) -> Plan:
         def planned(now: datetime) -> Outgoing | PostdateError:
             try:
-                target = scheduling.plan(self.names, envelope, now)
+                target = self.backend.route(self.names, envelope, now)
             except DelayError as beyond:
                 return beyond
-            return Outgoing(envelope.body, envelope.properties(target.cc), target)
+            properties = envelope.properties(target.cc, target.delay_ms)
+            return Outgoing(envelope.body, properties, target)
 
         return planned
 

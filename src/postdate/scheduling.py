@@ -35,11 +35,19 @@ When = timedelta | float | int | datetime
 
 @dataclass(frozen=True)
 class Route:
-    """Where one publish goes: ``exchange`` ("" is the default exchange) and routing key(s)."""
+    """Where one publish goes: ``exchange`` ("" is the default exchange) and routing key(s);
+    ``delay_ms`` for the delayed-message plugin's exchange (its ``x-delay`` header)."""
 
     exchange: str
     routing_key: str
     cc: tuple[str, ...] = ()
+    delay_ms: int | None = None
+
+    @property
+    def mandatory(self) -> bool:
+        """Whether the publish is mandatory: always, but into the plugin's exchange, which
+        routes nothing while it holds a message (a mandatory publish would come back)."""
+        return self.delay_ms is None
 
 
 def due_time(now: datetime, delay: When | None = None, at: datetime | None = None) -> datetime:
@@ -121,10 +129,15 @@ def plan(names: Names, envelope: Envelope, now: datetime) -> Route:
     Raises:
         DelayError: the due time is further away than the ladder reaches.
     """
-    made = envelope.timestamp
-    start = made if timedelta(0) <= now - made <= PLAN_LEEWAY else now
-    seconds = ladder.ladder_seconds(envelope.due_at - LADDER_LEAD, start)
+    seconds = ladder.ladder_seconds(envelope.due_at - LADDER_LEAD, delay_start(envelope, now))
     return route(names, envelope.queue, seconds)
+
+
+def delay_start(envelope: Envelope, now: datetime) -> datetime:
+    """The moment a delay published at ``now`` counts from: the envelope's making if that
+    was within :data:`PLAN_LEEWAY` before ``now``, else ``now``."""
+    made = envelope.timestamp
+    return made if timedelta(0) <= now - made <= PLAN_LEEWAY else now
 
 
 def to_queue(queue: str) -> Route:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Self
 
 from pydantic import AliasChoices, AmqpDsn, Field, ValidationError
@@ -11,6 +12,14 @@ from postdate.errors import ConfigError
 
 PREFIX_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z][A-Za-z0-9_-]*){0,3}$"
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+
+
+class BackendName(StrEnum):
+    """``POSTDATE_BACKEND``: how delayed commands travel (see :mod:`postdate.backend`)."""
+
+    LADDER = "ladder"  # TTL + dead-letter quorum queues: replicated, no plugin
+    PLUGIN = "plugin"  # the delayed-message plugin's exchange: one copy on one node
+    AUTO = "auto"  # the plugin when the broker has it, else the ladder
 
 
 class Settings(BaseSettings):
@@ -40,6 +49,8 @@ class Settings(BaseSettings):
     # The schedule store's database (the outbox's): workers check cancels and record
     # outcomes there. SQLAlchemy async URL, e.g. postgresql+asyncpg://host/db.
     schedule_url: Annotated[str | None, Field(min_length=1)] = None
+    # How delayed commands travel; workers, the outbox relay and every publisher follow it.
+    backend: BackendName = BackendName.LADDER
 
     @property
     def url(self) -> str:

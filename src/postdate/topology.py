@@ -28,7 +28,9 @@ QueueArguments = TypedDict(
     total=False,
 )
 
-ExchangeArguments = TypedDict("ExchangeArguments", {"alternate-exchange": str}, total=False)
+ExchangeArguments = TypedDict(
+    "ExchangeArguments", {"alternate-exchange": str, "x-delayed-type": str}, total=False
+)
 
 
 class QueueType(StrEnum):
@@ -54,6 +56,7 @@ class ExchangeType(StrEnum):
 
     TOPIC = "topic"
     FANOUT = "fanout"
+    DELAYED = "x-delayed-message"  # the delayed-message plugin's (see postdate.plugin)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,11 @@ class Names:
     def deliver(self) -> str:
         """The topic exchange that routes a due command to its command queue."""
         return f"{self.prefix}.deliver"
+
+    @property
+    def delayed(self) -> str:
+        """The delayed-message plugin's exchange (the plugin backend's only object)."""
+        return f"{self.prefix}.delayed"
 
     @property
     def unroutable(self) -> str:

@@ -41,6 +41,7 @@ from postdate.poison import (
 from postdate.topology import poison_queue
 from postdate.triage import PoisonFilter, list_poison, replay_poison
 from tests.helpers import (
+    BACKENDS,
     Cleanup,
     Ping,
     StartWorker,
@@ -97,6 +98,7 @@ async def _append(items: list[str], item: str) -> None:
     items.append(item)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_retry_after_longer_than_every_tier_waits_that_long(
     prefix: str, publisher: Publisher, start_worker: StartWorker
 ) -> None:
@@ -310,6 +312,7 @@ async def test_two_workers_share_the_load_without_duplicates(
     assert by_worker["a"] > 50 and by_worker["b"] > 50, by_worker
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_follow_up_is_confirmed_before_ack_and_keeps_its_id_on_redelivery(
     prefix: str,
     publisher: Publisher,
@@ -342,6 +345,7 @@ async def test_follow_up_is_confirmed_before_ack_and_keeps_its_id_on_redelivery(
     assert await queue_depth(connection, second.queue) == 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_early_message_is_held_until_its_exact_due_time(
     prefix: str, publisher: Publisher, start_worker: StartWorker
 ) -> None:
@@ -430,6 +434,7 @@ async def test_startup_hooks_run_before_consuming_and_shutdown_hooks_after_drain
     assert events == ["startup", "handled 1", "shutdown"]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_message_far_ahead_of_its_due_time_goes_back_through_the_ladder(
     prefix: str,
     publisher: Publisher,

@@ -1,4 +1,8 @@
-"""Delays through the real ladder: ordering by due time, bulk delivery, unroutable commands."""
+"""Delays through the real broker: ordering by due time, bulk delivery, missing queues.
+
+The behaviour tests run on both backends (``backend`` parametrized): the ladder here, the
+delayed-message plugin where ``POSTDATE_PLUGIN_URL`` names a broker that has it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import random
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate.envelope import DUE, QUEUE
@@ -14,6 +19,7 @@ from postdate.publisher import Publisher
 from postdate.scheduling import LADDER_LEAD, When
 from postdate.topology import Names, command_queue_topology
 from tests.helpers import (
+    BACKENDS,
     Cleanup,
     Collector,
     Ping,
@@ -23,7 +29,7 @@ from tests.helpers import (
     send_around_the_publisher,
 )
 
-# How late a ladder delivery may be and still count as "on time" in these tests: the
+# How late a delivery may be and still count as "on time" in these tests: the
 # ladder rounds down to whole seconds (the consumer holds the rest) and each hop costs a
 # few milliseconds; a jammed level would be late by many seconds or never arrive.
 ON_TIME_MS = 1500
@@ -45,6 +51,7 @@ async def declare_queues(
         await cleanup.declare(connection, command_queue_topology(prefix, queue))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_later_command_published_first_does_not_block_an_earlier_one(
     publisher: Publisher, connection: AbstractRobustConnection, cleanup: Cleanup, prefix: str
 ) -> None:
@@ -62,6 +69,7 @@ async def test_later_command_published_first_does_not_block_an_earlier_one(
     assert due_ms(second) - EARLIEST_MS <= second.arrived_ms <= due_ms(second) + ON_TIME_MS
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_many_commands_arrive_once_on_their_queue_never_early(
     publisher: Publisher,
     connection: AbstractRobustConnection,
@@ -142,3 +150,22 @@ async def test_command_for_a_missing_queue_is_kept_and_does_not_block_the_level(
     assert {r.message.message_id for r in parked} == {lost_now, lost_later, lost_last}
     assert all((r.message.headers or {})[QUEUE] == gone for r in parked)
     assert await queue_depth(connection, f"{prefix}.delay.0") == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_send_to_a_queue_no_worker_declared_declares_it_and_arrives(
+    publisher: Publisher, connection: AbstractRobustConnection, cleanup: Cleanup, prefix: str
+) -> None:
+    # The plugin cannot honour mandatory: the publisher declares (and binds) the queue
+    # before its first send, so the command is not dropped when its delay is over.
+    queue = f"{prefix}.first_deploy"
+    cleanup.track(command_queue_topology(prefix, queue))
+    sent = await publisher.send(command_for(queue)(n=1), timedelta(seconds=2))
+    assert publisher.declared_queues == [queue]
+
+    async with Collector(connection, queue, 1) as collector:
+        [arrived] = await collector.wait(timeout=8)
+
+    assert arrived.message.message_id == sent
+    assert due_ms(arrived) - EARLIEST_MS <= arrived.arrived_ms <= due_ms(arrived) + ON_TIME_MS
+    assert await queue_depth(connection, Names(prefix).unroutable) == 0
