@@ -25,7 +25,7 @@ from typer.testing import CliRunner, Result
 
 from postdate import outbox
 from postdate.cli import app
-from postdate.cli import schedule as schedule_cli
+from postdate.cli import database as schedule_database
 from postdate.clock import to_epoch_ms
 from postdate.schedule import ScheduleStore, history_table, make_engine
 from tests.helpers import command_for
@@ -111,7 +111,7 @@ def cli_fixture(database: Database, monkeypatch: pytest.MonkeyPatch) -> Cli:
             connect_args = {**kwargs.pop("connect_args", {}), **search_path}
             return make_engine(url, connect_args=connect_args, **kwargs)
 
-        monkeypatch.setattr(schedule_cli, "make_engine", in_schema)
+        monkeypatch.setattr(schedule_database, "make_engine", in_schema)
     runner = CliRunner()
 
     def run(*args: str) -> Result:

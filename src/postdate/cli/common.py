@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -70,8 +70,9 @@ def progress_bar(label: str, *, enabled: bool = True) -> Iterator[Callable[[int,
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def parse_age(text: str | None) -> timedelta | None:
-    """``30s``, ``10m``, ``2h``, ``7d`` as a timedelta (None stays None).
+def parse_age(text: str | None, what: str = "age") -> timedelta | None:
+    """``30s``, ``10m``, ``2h``, ``7d`` as a timedelta (None stays None); ``what`` names
+    it in the error.
 
     Raises:
         InvalidArgument: not a number followed by s, m, h or d.
@@ -81,8 +82,30 @@ def parse_age(text: str | None) -> timedelta | None:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     number, unit = text[:-1], text[-1:]
     if unit not in units or not number.isdigit():
-        raise InvalidArgument(f"age {text!r} is not like 30s, 10m, 2h or 7d")
+        raise InvalidArgument(f"{what} {text!r} is not like 30s, 10m, 2h or 7d")
     return timedelta(seconds=int(number) * units[unit])
+
+
+def parse_span(text: str, option: str) -> timedelta:
+    """``option``'s ``30s``, ``10m``, ``2h`` or ``7d``; exit code 2 when it is not one."""
+    try:
+        span = parse_age(text, option)
+    except InvalidArgument as exc:
+        fail(str(exc))
+    assert span is not None
+    return span
+
+
+def parse_time(text: str | None, option: str) -> datetime | None:
+    """``option``'s ISO 8601 time (None stays None); without an offset it is UTC. Exit
+    code 2 when it is not one."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"{option} {text!r} is not an ISO 8601 time, e.g. 2026-11-25T17:00Z")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def load_app(spec: str) -> Consumer:
@@ -105,20 +128,36 @@ def load_app(spec: str) -> Consumer:
     return consumer
 
 
-def run_async(coroutine: Callable[[], Awaitable[T]]) -> T:
-    """Run ``coroutine()``; a postdate error, or a broker error postdate did not expect,
-    is one line on stderr and exit code 2."""
+def run_async(
+    coroutine: Callable[[], Awaitable[T]],
+    *,
+    found_nothing: tuple[type[PostdateError], ...] = (),
+    failed: Callable[[Exception], NoReturn] | None = None,
+) -> T:
+    """Run ``coroutine()``; a postdate error is one line on stderr and exit code 2 (1 for
+    the ``found_nothing`` ones). Any other error goes to ``failed`` (by default
+    :func:`broker_failed`), which says it in one line or raises it again."""
     try:
         return asyncio.run(coroutine())  # type: ignore[arg-type]
+    except found_nothing as exc:
+        fail(str(exc), EXIT_FOUND_NOTHING)
     except PostdateError as exc:
         fail(str(exc))
-    except aiormq.exceptions.AMQPError as exc:
-        fail(f"the broker refused: {exc!r}")
     except BrokenPipeError:  # our reader went away (`| head`): nothing left to say
         sys.stderr.close()
         raise typer.Exit(EXIT_FOUND_NOTHING) from None
-    except (ConnectionError, TimeoutError, aiormq.exceptions.ChannelInvalidStateError) as exc:
+    except Exception as exc:
+        (failed or broker_failed)(exc)
+
+
+def broker_failed(exc: Exception) -> NoReturn:
+    """A broker error postdate did not expect, or a lost connection, as one line and exit
+    code 2; any other error is raised again."""
+    if isinstance(exc, aiormq.exceptions.AMQPError):
+        fail(f"the broker refused: {exc!r}")
+    if isinstance(exc, ConnectionError | TimeoutError | aiormq.exceptions.ChannelInvalidStateError):
         fail(f"the connection to the broker was lost: {exc!r}; what was not done stays parked")
+    raise exc
 
 
 def on_broker(
