@@ -38,9 +38,9 @@ from tests.helpers import Cleanup
 from bench.common import server_version, write_results
 from orders.commands import expire_command_for
 from orders.store import OrderStore
-from postdate.schedule import make_engine
 from postdate import Publisher, Settings
 from postdate.outbox import OutboxRelay, pending_count
+from postdate.schedule import make_engine
 
 RESULTS = Path(__file__).parent / "results" / "outbox.json"
 ROUNDS = 3

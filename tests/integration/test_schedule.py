@@ -6,6 +6,7 @@ says so."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from postdate import Consumer, Context, Outcome, Publisher, Settings, Worker, ou
 from postdate.envelope import Envelope
 from postdate.errors import CancelTooLate, CommandCancelled, UnknownCommand
 from postdate.outbox import OutboxRelay
-from postdate.schedule import STALE_AFTER_SECONDS, CancelStatus, ScheduleStore, cancel_in
+from postdate.schedule import STALE_AFTER_SECONDS, CancelStatus, ScheduleStore, cancel_in, history
 from tests.helpers import Cleanup, Ping, command_for, eventually
 from tests.integration.orders_fixtures import Database
 
@@ -325,3 +326,28 @@ async def test_no_handler_starts_while_the_cancels_cannot_be_read(
 async def rename_table(schedule: ScheduleStore, old: str, new: str) -> None:
     async with schedule.sessions() as session, session.begin():
         await session.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+async def test_the_fast_history_insert_stores_what_the_plain_insert_stores(
+    schedule: ScheduleStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver-level executemany applies the column types as SQLAlchemy would (aware
+    UTC datetimes; naive text on SQLite); its fallback, the plain insert, stores the same."""
+    at = datetime(2026, 11, 25, 23, 0, 0, 123456, tzinfo=UTC)
+
+    def row(message_id: str) -> tuple[object, ...]:
+        return (message_id, "q", "Ping", "acct-9", 2, "retried", "boom", at, 1, "w")
+
+    async with schedule.sessions() as session, session.begin():
+        await history.insert_history(session, [row("fast")])
+    monkeypatch.setattr(history.HistoryInsert, "compile", _refuse)
+    monkeypatch.setattr(history, "_plans", {})
+    async with schedule.sessions() as session, session.begin():
+        await history.insert_history(session, [row("plain")])
+    stored = {entry.message_id: entry for entry in await schedule.history(correlation_id="acct-9")}
+    assert stored["fast"].at == stored["plain"].at == at
+    assert dataclasses.replace(stored["fast"], message_id="plain") == stored["plain"]
+
+
+def _refuse(dialect: object) -> None:
+    raise RuntimeError("compiled unexpectedly")

@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,7 +22,8 @@ from postdate.clock import to_epoch_ms
 from postdate.logs import get_logger
 from postdate.outcomes import Outcome
 from postdate.schedule.cancels import Sessions
-from postdate.schedule.tables import cancel_table, history_table, watcher_table
+from postdate.schedule.history import Row, insert_history
+from postdate.schedule.tables import cancel_table, watcher_table
 
 log = get_logger(__name__)
 
@@ -53,12 +52,14 @@ class CancelWatch:
         self.worker = worker
         self._cancelled: set[str] = set()
         self._seen = 0
-        self._started: Counter[str] = Counter()  # started, their outcome not yet written
-        self._outcomes: list[tuple[str, dict[str, Any] | None]] = []
+        self._started: dict[str, int] = {}  # started, their outcome not yet written
+        self._outcomes: list[tuple[str, Row | None]] = []
         self._fresh_at = 0.0
         self._beat_at = 0.0
         self._fresh = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._refreshing = False  # the background task is in refresh(), not asleep
         self.failures = 0
 
     @property
@@ -82,9 +83,17 @@ class CancelWatch:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Write what is left and unregister (a cancel then no longer waits for it)."""
+        """Write what is left and unregister (a cancel then no longer waits for it).
+
+        A refresh in flight is waited for, never cancelled: cancelled after its commit it
+        would queue its outcomes again (written twice), and cancelled within a statement
+        it can leave its connection holding SQLite's write lock, so that the last write
+        fails ("database is locked") and its outcomes are lost.
+        """
         if self._task is not None:
-            self._task.cancel()
+            self._stopping = True
+            if not self._refreshing:
+                self._task.cancel()  # asleep between rounds: nothing in flight
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         try:
@@ -108,32 +117,35 @@ class CancelWatch:
 
     def started(self, message_id: str) -> None:
         """Note that ``message_id`` goes to its handler now (call right after the check)."""
-        self._started[message_id] += 1
+        started = self._started
+        started[message_id] = started.get(message_id, 0) + 1
 
     def record(self, outcome: Outcome, line: dict[str, object], correlation_id: str | None) -> None:
         """Queue the outcome of one delivery for the next write (``line`` as logged)."""
         message_id = str(line.get("message_id") or "")
         row = None
         if outcome in RECORDED and message_id:
-            detail = " ".join(str(line[key]) for key in ("reason", "error") if line.get(key))
+            reason, error = line.get("reason"), line.get("error")
+            detail = f"{reason} {error}" if reason and error else str(reason or error or "")
             now = datetime.now(UTC)
-            row = {
-                "message_id": message_id,
-                "queue": line["queue"],
-                "type": line["type"],
-                "correlation_id": correlation_id,
-                "attempt": line["attempt"],
-                "outcome": outcome.value,
-                "detail": detail[:MAX_DETAIL_CHARS],
-                "at": now,
-                "at_ms": to_epoch_ms(now),
-                "worker": self.worker,
-            }
+            row = (
+                message_id,
+                line["queue"],
+                line["type"],
+                correlation_id,
+                line["attempt"],
+                outcome.value,
+                detail[:MAX_DETAIL_CHARS],
+                now,
+                to_epoch_ms(now),
+                self.worker,
+            )
         self._outcomes.append((message_id, row))
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(REFRESH_SECONDS)
+            self._refreshing = True
             try:
                 await self.refresh()
             except Exception as exc:  # keep trying; handlers wait once it is stale
@@ -141,6 +153,8 @@ class CancelWatch:
                 if self.failures == 1:  # once per outage, not five times a second
                     log.warning("schedule.refresh_failed", error=repr(exc))
                 continue
+            finally:
+                self._refreshing = False
             if self.failures:
                 log.info("schedule.refresh_recovered", failures=self.failures)
                 self.failures = 0
@@ -159,17 +173,20 @@ class CancelWatch:
         except BaseException:
             self._outcomes[:0] = outcomes
             raise
+        started = self._started
         for message_id, _ in outcomes:
-            if self._started[message_id] > 0:
-                self._started[message_id] -= 1
-                if not self._started[message_id]:
-                    del self._started[message_id]
+            count = started.get(message_id)
+            if count is not None:
+                if count > 1:
+                    started[message_id] = count - 1
+                else:
+                    del started[message_id]
         self._seen = seen
         self._fresh_at = began
         self._fresh.set()
 
     async def _write_round(
-        self, session: AsyncSession, outcomes: list[tuple[str, dict[str, Any] | None]]
+        self, session: AsyncSession, outcomes: list[tuple[str, Row | None]]
     ) -> int:
         """Write one round in ``session``'s transaction; the last tombstone id read."""
         rows = await session.execute(
@@ -184,7 +201,7 @@ class CancelWatch:
         late = [cancel_id for cancel_id, message_id in new if message_id in self._started]
         history = [row for _, row in outcomes if row is not None]
         if history:
-            await session.execute(insert(history_table), history)
+            await insert_history(session, history)
         if late:
             await session.execute(
                 update(cancel_table)
