@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
@@ -351,3 +352,29 @@ async def test_the_fast_history_insert_stores_what_the_plain_insert_stores(
 
 def _refuse(dialect: object) -> None:
     raise RuntimeError("compiled unexpectedly")
+
+
+async def test_a_worker_stopped_while_it_writes_records_each_outcome_once(
+    prefix: str,
+    settings: Settings,
+    cleanup: Cleanup,
+    schedule: ScheduleStore,
+    publisher: Publisher,
+) -> None:
+    """Stop right after the last handler, so that the final write meets one in flight:
+    every outcome is in the history exactly once (before the fix, a refresh cancelled
+    within its commit queued its rows again, or left SQLite locked and lost them)."""
+    cmd = command_for(f"{prefix}.stop-writing")
+    recorder = Recorder(cmd)
+    for round_number in range(3):
+        worker = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} stop")
+        await publisher.send_many([(cmd(n=n), 0) for n in range(1500)])
+        await eventually(partial(handled_all, worker, 1500), 30, "1,500 handled", 0.005)
+        await worker.stop(grace_period=1)
+        entries = await schedule.history(command_type="Ping", outcome="handled", limit=None)
+        assert len(entries) == 1500 * (round_number + 1)
+        assert len({entry.message_id for entry in entries}) == len(entries)
+
+
+def handled_all(worker: Worker, count: int) -> bool:
+    return worker.outcomes[Outcome.HANDLED] == count
