@@ -140,17 +140,33 @@ class Run:
         return self.settings.prefix
 
 
+def new_prefix() -> str:
+    """A fresh prefix for one fault test's broker objects."""
+    return f"f{uuid.uuid4().hex[:8]}"
+
+
+def tick_for(prefix: str) -> type[Tick]:
+    """The ``Tick`` class a run under ``prefix`` schedules (its own command queue)."""
+    return derive(Tick, f"{prefix}.tick")
+
+
 @contextlib.asynccontextmanager
 async def running_worker(
-    node_url: str, what: str, *, worker_url: str | None = None, **settings: object
+    node_url: str,
+    what: str,
+    *,
+    worker_url: str | None = None,
+    prefix: str | None = None,
+    **settings: object,
 ) -> AsyncIterator[Run]:
-    """A worker recording every ``Tick`` into the run's ledger, under a fresh prefix on
-    the fault node (reached at ``worker_url`` when given, e.g. through a proxy). Stops it
-    afterwards and deletes what it declared, unless the run says to keep the queues."""
-    prefix = f"f{uuid.uuid4().hex[:8]}"
+    """A worker recording every ``Tick`` into the run's ledger, under ``prefix`` (default
+    a fresh one) on the fault node (reached at ``worker_url`` when given, e.g. through a
+    proxy). Stops it afterwards and deletes what it declared, unless the run says to keep
+    the queues."""
+    prefix = prefix or new_prefix()
     run = Run(
         Settings.load(prefix=prefix, rabbitmq_url=worker_url or node_url, **settings),
-        derive(Tick, f"{prefix}.tick"),
+        tick_for(prefix),
         Ledger(),
     )
     app = run.ledger.app(run.tick)

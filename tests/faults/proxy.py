@@ -27,7 +27,7 @@ class CuttingProxy:
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
     ) -> None:
         try:
-            upstream_reader, upstream = await asyncio.open_connection(*self.target)
+            upstream_reader, upstream = await self._open_upstream()
         except OSError:
             client.transport.abort()
             return
@@ -36,6 +36,10 @@ class CuttingProxy:
             self._pipe(client_reader, upstream), self._pipe(upstream_reader, client)
         )
         self._links -= {client, upstream}
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The connection to the broker for one client (OSError when there is none)."""
+        return await asyncio.open_connection(*self.target)
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
