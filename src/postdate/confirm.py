@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -37,6 +38,9 @@ from postdate.scheduling import Route
 PIPELINE_WINDOW = 1000
 # Pause before publishing again what a lost connection interrupted.
 RETRY_PAUSE_SECONDS = 0.05
+# After a nack, publishing goes on on a new channel, at most this often (see
+# ConfirmedChannel.renew_after_nack).
+RENEW_AFTER_NACK_SECONDS = 1.0
 
 # What pamqp raises for a value it has no AMQP encoding for (it writes nothing then).
 ENCODING_ERRORS = (TypeError, ValueError, OverflowError, struct.error, UnicodeEncodeError)
@@ -60,9 +64,18 @@ class ConfirmedChannel:
     """Publishes on ``channel`` (opened with publisher confirms) with ``mandatory`` set
     (but into the delayed-message plugin's exchange), and reports each publish's fate."""
 
-    def __init__(self, channel: AbstractRobustChannel, timeout: float) -> None:
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        timeout: float,
+        new_channel: Callable[[], Awaitable[AbstractRobustChannel]] | None = None,
+    ) -> None:
         self.channel = channel
         self.timeout = timeout
+        self.new_channel = new_channel
+        self.renewals = 0  # channels replaced after a nack
+        self._renewed_at = -RENEW_AFTER_NACK_SECONDS
+        self._retired: set[asyncio.Task[None]] = set()
         # Message ids in flight, each with the event its release sets (made only once a
         # publish of the same id waits for it).
         self._busy_ids: dict[str, asyncio.Event | None] = {}
@@ -120,6 +133,8 @@ class ConfirmedChannel:
                 return []
             error = await self._send_one(underlay, planned)
             results[index] = error
+            if isinstance(error, PublishNacked):
+                await self.renew_after_nack()
             return [index] if isinstance(error, PublishInterrupted) else []
         batch: list[tuple[int, Outgoing]] = []
         for index in pending:
@@ -130,11 +145,40 @@ class ConfirmedChannel:
                 batch.append((index, planned))
         errors = await self._send(underlay, [outgoing for _, outgoing in batch])
         again = []
+        nacked = False
         for (index, _), error in zip(batch, errors, strict=True):
             results[index] = error
             if isinstance(error, PublishInterrupted):
                 again.append(index)
+            nacked = nacked or isinstance(error, PublishNacked)
+        if nacked:
+            await self.renew_after_nack()
         return again
+
+    async def renew_after_nack(self) -> None:
+        """Go on publishing on a new channel (at most every RENEW_AFTER_NACK_SECONDS).
+
+        Seen on RabbitMQ 3.10 in a cluster: a channel that reconnected while a quorum
+        queue elected a new leader had every publish to that queue nacked until the old
+        leader's node came back, while a new channel on the same connection published
+        fine. The nacked publishes are still reported (the caller sends them again); the
+        old channel is closed once its publishes in flight had their publish timeout.
+        """
+        now = time.monotonic()
+        if self.new_channel is None or now - self._renewed_at < RENEW_AFTER_NACK_SECONDS:
+            return
+        self._renewed_at = now
+        old, self.channel = self.channel, await self.new_channel()
+        self.renewals += 1
+        log.warning("publish.channel_renewed", reason="broker nacked a publish")
+        retire = asyncio.create_task(self._close_later(old))
+        self._retired.add(retire)
+        retire.add_done_callback(self._retired.discard)
+
+    async def _close_later(self, channel: AbstractRobustChannel) -> None:
+        await asyncio.sleep(self.timeout)
+        if not channel.is_closed:
+            await channel.close()
 
     async def _usable(self) -> aiormq.abc.AbstractChannel:
         """The channel once it can take publishes: reopened after a reconnect, and its

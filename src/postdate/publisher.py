@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Self
 
 import aiormq
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from postdate import scheduling
 from postdate.backend import LADDER, Backend, choose
@@ -119,11 +119,21 @@ class Publisher:
                 topology = ladder_topology(self.settings.prefix) + topology
             if topology != Topology():
                 await declare_topology(self._connection, topology)
-            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._confirms = ConfirmedChannel(channel, self.settings.publish_timeout)
+            connection = self._connection
+
+            async def new_channel() -> AbstractRobustChannel:
+                return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+            channel = await new_channel()
+            self._confirms = ConfirmedChannel(channel, self.settings.publish_timeout, new_channel)
         except BaseException:
             await self.close()
             raise
+
+    @property
+    def channel_renewals(self) -> int:
+        """How often publishing moved to a new channel after the broker nacked a publish."""
+        return 0 if self._confirms is None else self._confirms.renewals
 
     async def close(self) -> None:
         """Close the connection; later sends raise :class:`PublisherNotStarted`."""

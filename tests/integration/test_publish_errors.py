@@ -17,6 +17,7 @@ from postdate.errors import (
     BrokerUnavailable,
     DelayError,
     PublisherNotStarted,
+    PublishNacked,
     PublishReturned,
     PublishUnencodable,
 )
@@ -119,3 +120,28 @@ async def test_a_message_that_cannot_be_encoded_fails_at_once_not_after_the_time
     with pytest.raises(PublishUnencodable, match="cannot be encoded"):
         await publisher.republish(b"{}", unencodable, queue)
     assert time.monotonic() - started < 2  # not retried until the 30 s publish timeout
+
+
+async def test_a_nacked_publish_moves_publishing_to_a_new_channel(
+    publisher: Publisher, connection: AbstractRobustConnection, cleanup: Cleanup, prefix: str
+) -> None:
+    """After a nack the publisher goes on on a new channel (at most once a second): on
+    RabbitMQ 3.10 a channel that reconnected during a quorum queue's leader election had
+    every publish to that queue nacked until the old leader's node was back (the cluster
+    test saw it). Here a full queue with reject-publish makes the nacks."""
+    queue = cleanup.track_queue(f"{prefix}.full")
+    channel = await connection.channel()
+    full = {"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"}
+    await channel.declare_queue(queue, durable=True, arguments=full)
+    properties = aiormq.spec.Basic.Properties(message_id="m", delivery_mode=2)
+    results = await publisher.republish_each([(b"%d" % n, properties, queue) for n in range(5)])
+    nacked = [result for result in results if isinstance(result, PublishNacked)]
+    assert nacked, "a full queue with reject-publish nacks"
+    assert publisher.channel_renewals == 1
+    with pytest.raises(PublishNacked):  # within a second of the first: no second channel
+        await publisher.republish(b"again", properties, queue)
+    assert publisher.channel_renewals == 1
+    await (await channel.declare_queue(queue, passive=True)).purge()
+    await publisher.republish(b"after", properties, queue)  # on the new channel
+    assert await queue_depth(connection, queue) == 1
+    await channel.close()
