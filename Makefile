@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-faults test-cluster test-compose check-compose lint bench bench-full demo topology clean
+.PHONY: install test test-faults test-cluster test-compose check-compose lint bench bench-full plots demo topology clean
 
 install: $(STAMP)
 
@@ -42,6 +42,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench consumers
 	$(VENV)/bin/mypy src tests bench consumers
 
+# bench.publish adds Celery's native delayed delivery as series when the bench extra is
+# installed ($(PY) -m pip install -e '.[bench]'), and says it skips them when it is not.
 bench: $(STAMP)
 	$(PY) -m bench.publish
 	$(PY) -m bench.consume
@@ -50,9 +52,16 @@ bench: $(STAMP)
 
 # The long runs (tens of minutes): broker memory and disk per pending command at 100k and
 # 1M pending, stock WAL against rabbit/rabbitmq.conf's, on a node of its own (rabbit/node.sh;
-# needs root and rabbitmq-server). BENCH_MEMORY_COUNTS=20000 makes a quick one.
+# needs root and rabbitmq-server). BENCH_MEMORY_COUNTS=20000 makes a quick one. Then the
+# cluster's failover figures (make test-cluster, about 3 minutes more).
 bench-full: $(STAMP)
 	$(PY) -m bench.memory $(if $(BENCH_MEMORY_COUNTS),--counts $(BENCH_MEMORY_COUNTS))
+	$(MAKE) test-cluster
+
+# PNGs into docs/img/ and the tables of docs/benchmarks.md, from bench/results/*.json
+# (needs matplotlib: the bench extra).
+plots: $(STAMP)
+	$(PY) -m bench.plots
 
 demo: $(STAMP)
 	$(PY) -m orders.demo

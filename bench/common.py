@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,16 @@ def percentiles(values: list[float], digits: int = 3) -> dict[str, float]:
         return round(ordered[min(len(ordered) - 1, int(len(ordered) * fraction))], digits)
 
     return {"p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], digits)}
+
+
+def host_info() -> dict[str, Any]:
+    """The machine a benchmark ran on: CPUs, memory, Python, OS, and the load average when
+    it started (the machine is shared: a loaded one gives lower, noisier rates)."""
+    load = os.getloadavg()
+    return {
+        "cpus": os.cpu_count(),
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "load_average_at_start": [round(value, 2) for value in load],
+    }
