@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -49,6 +50,16 @@ class HistoryInsert:
 
     sql: str
     params: Callable[[list[Row]], list[Any]]
+    names: tuple[str, ...] = ()  # the columns in the order ``params`` gives their values
+
+    @property
+    def sqlite_json_sql(self) -> str:
+        """SQLite: the same insert taking every row at once as one JSON array of arrays
+        (``json_each``): sqlite3 binds one parameter instead of ten per row, so its thread
+        spends the insert in SQLite, without the GIL the event loop needs."""
+        columns = ", ".join(self.names)
+        values = ", ".join(f"json_extract(value, '$[{n}]')" for n in range(len(self.names)))
+        return f"INSERT INTO {history_table.name} ({columns}) SELECT {values} FROM json_each(?)"
 
     @classmethod
     def compile(cls, dialect: Dialect) -> HistoryInsert:
@@ -85,7 +96,7 @@ class HistoryInsert:
         def named(rows: list[Row]) -> list[Any]:
             return [dict(zip(names, values, strict=True)) for values in positional(rows)]
 
-        return cls(compiled.string, positional if compiled.positional else named)
+        return cls(compiled.string, positional if compiled.positional else named, tuple(names))
 
 
 _plans: dict[str, HistoryInsert | None] = {}
@@ -112,5 +123,9 @@ async def insert_history(session: AsyncSession, rows: list[Row]) -> None:
         await session.execute(
             insert(history_table), [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in rows]
         )
+        return
+    if dialect.name == "sqlite" and plan.names:
+        batch = orjson.dumps(plan.params(rows)).decode()
+        await connection.exec_driver_sql(plan.sqlite_json_sql, (batch,))
         return
     await connection.exec_driver_sql(plan.sql, plan.params(rows))
