@@ -124,8 +124,23 @@ async def insert_history(session: AsyncSession, rows: list[Row]) -> None:
             insert(history_table), [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in rows]
         )
         return
+    if dialect.driver == "asyncpg":
+        await _copy_rows(session, rows)
+        return
     if dialect.name == "sqlite" and plan.names:
         batch = orjson.dumps(plan.params(rows)).decode()
         await connection.exec_driver_sql(plan.sqlite_json_sql, (batch,))
         return
     await connection.exec_driver_sql(plan.sql, plan.params(rows))
+
+
+async def _copy_rows(session: AsyncSession, rows: list[Row]) -> None:
+    """PostgreSQL through asyncpg: ``COPY ... FROM STDIN`` (binary) in the session's
+    transaction, cheaper per row than an executemany of INSERTs."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.copy_records_to_table(
+        history_table.name, records=rows, columns=list(HISTORY_COLUMNS)
+    )
