@@ -1,11 +1,12 @@
 """Writing outcome rows to ``postdate_history`` in bulk, cheaply.
 
 Going through ``session.execute(insert(...), dicts)`` costs SQLAlchemy's per-row
-parameter processing: most of a worker's CPU per message spent on its history. So the
-insert is compiled once per dialect and run as one driver-level executemany of tuples,
-with each column's bind processor applied as SQLAlchemy would. Should a SQLAlchemy
-release compile it in a way this module does not expect, it falls back to the plain
-insert (logged once): slower, never wrong.
+parameter processing: most of a worker's CPU per message spent on its history. So each
+round's rows go in as one driver-level operation: ``COPY`` on PostgreSQL (asyncpg), one
+``INSERT ... SELECT FROM json_each(?)`` on SQLite, and elsewhere one executemany of an
+insert compiled once per dialect, with each column's bind processor applied as
+SQLAlchemy would. Should a SQLAlchemy release compile it in a way this module does not
+expect, it falls back to the plain insert (logged once): slower, never wrong.
 """
 
 from __future__ import annotations
