@@ -14,6 +14,7 @@ from pamqp.common import FieldTable
 
 from postdate import ladder, plugin
 from postdate.backend import LADDER, PLUGIN, decide, probe_name
+from postdate.cli.common import load_app, topology_of
 from postdate.command import Command
 from postdate.declare import to_definitions, wanted_arguments
 from postdate.envelope import BROKER_HEADERS, DELAY, Envelope, without_broker_headers
@@ -217,3 +218,17 @@ def test_the_backend_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTDATE_BACKEND", "delayed")
     with pytest.raises(ConfigError, match="backend='delayed'"):
         Settings.load()
+
+
+def test_topology_show_and_export_include_the_plugin_exchange_only_with_the_plugin() -> None:
+    """`postdate topology show/export` with POSTDATE_BACKEND=plugin: P.delayed and one
+    binding on it per command queue of the app; the ladder's topology otherwise."""
+    spec = "consumers.expire_reservation:app"
+    plugin = topology_of(Settings.load(prefix="p", backend="plugin"), spec)
+    ladder = topology_of(Settings.load(prefix="p"), spec)
+    assert [
+        e.name for e in plugin.exchanges if e.name not in {x.name for x in ladder.exchanges}
+    ] == ["p.delayed"]
+    on_delayed = [b for b in plugin.bindings if b.source == "p.delayed"]
+    assert [b.destination for b in on_delayed] == sorted(load_app(spec).queues())
+    assert not [b for b in ladder.bindings if b.source == "p.delayed"]

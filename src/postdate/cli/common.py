@@ -24,7 +24,8 @@ from postdate.connection import connect_plain
 from postdate.consumer import Consumer
 from postdate.errors import InvalidArgument, PostdateError
 from postdate.logs import configure_logging
-from postdate.settings import Settings
+from postdate.plugin import plugin_topology
+from postdate.settings import BackendName, Settings
 from postdate.topology import Topology, ladder_topology
 
 T = TypeVar("T")
@@ -195,7 +196,16 @@ async def cli_connect(settings: Settings, name: str) -> AbstractConnection:
 
 
 def topology_of(settings: Settings, spec: str | None) -> Topology:
-    """The ladder, plus the app's queues when ``spec`` (MODULE:APP) is given."""
+    """The ladder, plus the app's queues when ``spec`` (MODULE:APP) is given, plus, with
+    ``POSTDATE_BACKEND=plugin``, the plugin's exchange and the app's queues' bindings on it
+    (``auto`` cannot know without asking the broker: it shows the ladder's)."""
+    queues: tuple[str, ...] = ()
     if spec is None:
-        return ladder_topology(settings.prefix)
-    return load_app(spec).topology(settings.prefix, settings.delivery_limit)
+        topology = ladder_topology(settings.prefix)
+    else:
+        app = load_app(spec)
+        topology = app.topology(settings.prefix, settings.delivery_limit)
+        queues = tuple(sorted(app.queues()))
+    if settings.backend is BackendName.PLUGIN:
+        topology = topology + plugin_topology(settings.prefix, queues)
+    return topology

@@ -43,7 +43,7 @@ from postdate.declare import (
 from postdate.errors import PostdateError
 from postdate.registry import register, unregister
 from postdate.settings import Settings
-from postdate.topology import Topology, ladder_topology
+from postdate.topology import Names, Topology, ladder_topology
 
 app = typer.Typer(help="Declare, delete, show or export the broker topology.")
 
@@ -117,6 +117,7 @@ def app_part(settings: Settings, spec: str) -> Part:
     topology = topology_of(settings, spec)
     ladder = ladder_topology(settings.prefix)
     shared = {queue.name for queue in ladder.queues} | {e.name for e in ladder.exchanges}
+    shared.add(Names(settings.prefix).delayed)  # the plugin's exchange: every app's
     return Part(
         f"the queues of {spec}",
         Topology(
