@@ -100,7 +100,8 @@ class Dispatcher:
                 await sleep_until(envelope.due_at)
             started = time.monotonic()
         if watch is not None:
-            await watch.wait_fresh()
+            if watch.stale:  # rare: a coroutine per delivery would cost every one of them
+                await watch.wait_fresh()
             if watch.is_cancelled(envelope.message_id):
                 return await self._settle(message, delivery, Cancelled(), None, started)
             watch.started(envelope.message_id)  # no await since the check: it is exact

@@ -209,3 +209,9 @@ def topology_of(settings: Settings, spec: str | None) -> Topology:
     if settings.backend is BackendName.PLUGIN:
         topology = topology + plugin_topology(settings.prefix, queues)
     return topology
+
+
+def shared_topology(settings: Settings) -> Topology:
+    """What every app of the prefix shares: the ladder, and with
+    ``POSTDATE_BACKEND=plugin`` the plugin's exchange."""
+    return topology_of(settings, None)

@@ -10,11 +10,9 @@ from typing import Any
 import typer
 
 from postdate.cli.common import EXIT_FOUND_NOTHING, fail, print_json, progress_bar
-from postdate.errors import UnknownCommand
 from postdate.schedule import CancelResult, ScheduleStore
-from postdate.schedule.cancels import cancel_ids
 
-CANCEL_CHUNK = 100  # ids per cancel transaction (and progress step)
+PROGRESS_ABOVE = 100  # ids: a progress bar when cancelling more
 UNKNOWN = "unknown"  # the status of an id that was never scheduled, in `cancel`'s report
 _STATUSES = ("cancelled", "already-cancelled", "too-late", UNKNOWN)
 
@@ -45,13 +43,12 @@ class CancelWhere:
 
 
 async def cancel(store: ScheduleStore, what: CancelWhere, progress_enabled: bool) -> list[Cancel]:
-    """Cancel ``what``, :data:`CANCEL_CHUNK` ids a transaction; one line per id, in the
-    order asked (or due)."""
+    """Cancel ``what``; one line per id, in the order asked (or due)."""
     unknown: list[str] = []
     if what.ids:
         targets = []
         for message_id in dict.fromkeys(what.ids):
-            if what.scheduled_only and not await _known(store, message_id):
+            if what.scheduled_only and not await store.known(message_id):
                 unknown.append(message_id)
             else:
                 targets.append(message_id)
@@ -59,25 +56,12 @@ async def cancel(store: ScheduleStore, what: CancelWhere, progress_enabled: bool
         upcoming = await store.upcoming(**what.filters, limit=None)
         targets = [row.message_id for row in upcoming]
     done: dict[str, Cancel] = {mid: Cancel(mid, UNKNOWN) for mid in unknown}
-    many = progress_enabled and len(targets) > CANCEL_CHUNK
+    many = progress_enabled and len(targets) > PROGRESS_ABOVE
     with progress_bar("cancelling", enabled=many) as progress:
-        for start in range(0, len(targets), CANCEL_CHUNK):
-            chunk = targets[start : start + CANCEL_CHUNK]
-            for result in await cancel_ids(
-                store.sessions, chunk, what.reason, store.confirm_timeout
-            ):
-                done[result.message_id] = Cancel.of(result)
-            progress(start + len(chunk), len(targets))
+        for result in await store.cancel_many(targets, reason=what.reason, progress=progress):
+            done[result.message_id] = Cancel.of(result)
     order = list(dict.fromkeys(what.ids)) if what.ids else targets
     return [done[mid] for mid in order]
-
-
-async def _known(store: ScheduleStore, message_id: str) -> bool:
-    try:
-        await store.timeline(message_id)
-    except UnknownCommand:
-        return False
-    return True
 
 
 def cancel_report(results: Sequence[Cancel], as_json: bool) -> None:

@@ -29,6 +29,7 @@ from postdate.cli.common import (
     load_app,
     on_broker,
     print_json,
+    shared_topology,
     topology_of,
 )
 from postdate.declare import (
@@ -43,7 +44,7 @@ from postdate.declare import (
 from postdate.errors import PostdateError
 from postdate.registry import register, unregister
 from postdate.settings import Settings
-from postdate.topology import Names, Topology, ladder_topology
+from postdate.topology import Topology, ladder_topology
 
 app = typer.Typer(help="Declare, delete, show or export the broker topology.")
 
@@ -113,11 +114,10 @@ class Part:
 
 def app_part(settings: Settings, spec: str) -> Part:
     """The app's own queues (command queues, retry tiers, poison queues): its topology
-    without the ladder, which every service shares."""
+    without what every service shares (the ladder; the plugin's exchange)."""
     topology = topology_of(settings, spec)
-    ladder = ladder_topology(settings.prefix)
-    shared = {queue.name for queue in ladder.queues} | {e.name for e in ladder.exchanges}
-    shared.add(Names(settings.prefix).delayed)  # the plugin's exchange: every app's
+    common = shared_topology(settings)
+    shared = {queue.name for queue in common.queues} | {e.name for e in common.exchanges}
     return Part(
         f"the queues of {spec}",
         Topology(

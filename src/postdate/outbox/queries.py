@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, and_, case, delete, func, literal, select
+from sqlalchemy import BigInteger, Table, and_, case, delete, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -67,15 +67,45 @@ def _due_window(
 ) -> list[ColumnElement[bool]]:
     """Row filters shared by the schedule queries: due from ``after`` (default now) until
     ``before``, optionally of one queue or command type."""
-    table = outbox_table
-    start = after or datetime.now(UTC)
-    conditions = [table.c.due_ms >= _epoch_ms(start, "after")]
+    return row_filters(
+        outbox_table,
+        outbox_table.c.due_ms,
+        after=after or datetime.now(UTC),
+        before=before,
+        queue=queue,
+        command_type=command_type,
+    )
+
+
+def row_filters(
+    table: Table,
+    moment_ms: ColumnElement[int],
+    *,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    correlation_id: str | None = None,
+    command_type: str | None = None,
+    queue: str | None = None,
+) -> list[ColumnElement[bool]]:
+    """Conditions on ``table`` (the outbox, or one with the same ``correlation_id``,
+    ``type`` and ``queue`` columns): ``moment_ms`` in ``[after, before)``, and the given
+    values; None means no condition.
+
+    Raises:
+        DelayError: ``after`` or ``before`` is naive.
+    """
+    conditions: list[ColumnElement[bool]] = []
+    if after is not None:
+        conditions.append(moment_ms >= epoch_ms(after, "after"))
     if before is not None:
-        conditions.append(table.c.due_ms < _epoch_ms(before, "before"))
-    if queue is not None:
-        conditions.append(table.c.queue == queue)
-    if command_type is not None:
-        conditions.append(table.c.type == command_type)
+        conditions.append(moment_ms < epoch_ms(before, "before"))
+    for column, value in (
+        ("correlation_id", correlation_id),
+        ("type", command_type),
+        ("queue", queue),
+    ):
+        if value is not None:
+            conditions.append(table.c[column] == value)
     return conditions
 
 
@@ -138,11 +168,16 @@ async def purge_sent(session: AsyncSession, due_before: datetime) -> int:
     result = await session.execute(
         delete(outbox_table).where(
             outbox_table.c.sent_at.is_not(None),
-            outbox_table.c.due_ms < _epoch_ms(due_before, "due_before"),
+            outbox_table.c.due_ms < epoch_ms(due_before, "due_before"),
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def _epoch_ms(moment: datetime, name: str) -> int:
+def epoch_ms(moment: datetime, name: str) -> int:
+    """``moment`` in epoch milliseconds, rounded up (never before it).
+
+    Raises:
+        DelayError: ``moment`` is naive (the message names ``name=``).
+    """
     return to_epoch_ms(require_aware(moment, f"{name}="))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from postdate.clock import require_aware, to_epoch_ms
 from postdate.errors import CancelTooLate, CommandCancelled, InvalidArgument, UnknownCommand
+from postdate.outbox.queries import get
 from postdate.outbox.schema import OutboxRow, outbox_metadata, outbox_table
 from postdate.schedule import views
 from postdate.schedule.cancels import CONFIRM_TIMEOUT_SECONDS, cancel_ids
@@ -25,6 +27,8 @@ from postdate.schedule.records import (
 )
 from postdate.schedule.watch import CancelWatch
 from postdate.scheduling import When, due_time
+
+CANCEL_CHUNK = 1000  # ids per cancel transaction (each waits for the workers once)
 
 
 class ScheduleStore:
@@ -85,10 +89,34 @@ class ScheduleStore:
                 outcome (with ``scheduled_only=False`` it is cancelled anyway: for a
                 command sent with ``Publisher.send``).
         """
-        if scheduled_only and not await self._known(message_id):
+        if scheduled_only and not await self.known(message_id):
             raise UnknownCommand(f"no scheduled command {message_id!r}")
-        [result] = await cancel_ids(self.sessions, [message_id], reason, self.confirm_timeout)
+        [result] = await self.cancel_many([message_id], reason=reason)
         return result
+
+    async def cancel_many(
+        self,
+        message_ids: Sequence[str],
+        *,
+        reason: str = "",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[CancelResult]:
+        """Cancel ``message_ids`` (known or not), :data:`CANCEL_CHUNK` a transaction;
+        their results in the order given (an id given twice is cancelled once). Calls
+        ``progress(done, total)`` after each chunk."""
+        ids = list(dict.fromkeys(message_ids))
+        results: list[CancelResult] = []
+        for start in range(0, len(ids), CANCEL_CHUNK):
+            chunk = ids[start : start + CANCEL_CHUNK]
+            results += await cancel_ids(self.sessions, chunk, reason, self.confirm_timeout)
+            if progress is not None:
+                progress(start + len(chunk), len(ids))
+        return results
+
+    async def known(self, message_id: str) -> bool:
+        """Whether ``message_id`` is in the outbox, cancelled, or has a recorded outcome."""
+        async with self.sessions() as session:
+            return await views.known(session, message_id)
 
     async def cancel_where(
         self,
@@ -110,18 +138,15 @@ class ScheduleStore:
         filters = (correlation_id, command_type, queue, after, before)
         if all(value is None for value in filters):
             raise InvalidArgument("cancel_where needs at least one filter")
-        ids = [
-            row.message_id
-            for row in await self.upcoming(
-                correlation_id=correlation_id,
-                command_type=command_type,
-                queue=queue,
-                after=after,
-                before=before,
-                limit=None,
-            )
-        ]
-        return await cancel_ids(self.sessions, ids, reason, self.confirm_timeout)
+        matching = await self.upcoming(
+            correlation_id=correlation_id,
+            command_type=command_type,
+            queue=queue,
+            after=after,
+            before=before,
+            limit=None,
+        )
+        return await self.cancel_many([row.message_id for row in matching], reason=reason)
 
     async def reschedule(
         self, message_id: str, delay: When | None = None, *, at: datetime | None = None
@@ -140,27 +165,24 @@ class ScheduleStore:
         """
         now = datetime.now(UTC)
         due = due_time(now, delay, at)
-        old = await self._outbox_row(message_id)
-        await self._refuse_cancelled(message_id)
+        async with self.sessions() as session:
+            old = await get(session, message_id)
+            cancelled_because = await views.cancel_reason(session, message_id)
+        if old is None:
+            raise UnknownCommand(f"no scheduled command {message_id!r}")
+        if cancelled_because is not None:
+            why = f" ({cancelled_because})" if cancelled_because else ""
+            raise CommandCancelled(f"{message_id} was cancelled{why}: nothing to reschedule")
         new_id = str(uuid.uuid4())
         async with self.sessions() as session, session.begin():
             await session.execute(insert(outbox_table).values(**_copy(old, new_id, due, now)))
-        [result] = await cancel_ids(
-            self.sessions, [message_id], f"rescheduled as {new_id}", self.confirm_timeout
-        )
+        [result] = await self.cancel_many([message_id], reason=f"rescheduled as {new_id}")
         if result.status is not CancelStatus.CANCELLED:  # handled, or cancelled meanwhile
-            await cancel_ids(self.sessions, [new_id], f"reschedule of {message_id} failed")
+            await self.cancel_many([new_id], reason=f"reschedule of {message_id} failed")
             if result.status is CancelStatus.ALREADY_CANCELLED:
                 raise CommandCancelled(f"{message_id} was cancelled: nothing to reschedule")
             raise CancelTooLate(f"{message_id} is {result.status}: {result.detail}", result)
         return new_id
-
-    async def _refuse_cancelled(self, message_id: str) -> None:
-        async with self.sessions() as session:
-            found = await views.timeline(session, message_id)
-        if found is not None and found.cancelled_at is not None:
-            why = f" ({found.cancel_reason})" if found.cancel_reason else ""
-            raise CommandCancelled(f"{message_id} was cancelled{why}: nothing to reschedule")
 
     async def upcoming(
         self,
@@ -261,21 +283,6 @@ class ScheduleStore:
         before = require_aware(now or datetime.now(UTC), "now=") - older_than
         async with self.sessions() as session, session.begin():
             return await views.trim(session, before)
-
-    async def _known(self, message_id: str) -> bool:
-        async with self.sessions() as session:
-            return await views.timeline(session, message_id) is not None
-
-    async def _outbox_row(self, message_id: str) -> OutboxRow:
-        async with self.sessions() as session:
-            row = (
-                await session.execute(
-                    select(outbox_table).where(and_(outbox_table.c.message_id == message_id))
-                )
-            ).first()
-        if row is None:
-            raise UnknownCommand(f"no scheduled command {message_id!r}")
-        return OutboxRow.from_row(row)
 
 
 def _copy(row: OutboxRow, message_id: str, due: datetime, now: datetime) -> dict[str, object]:

@@ -11,8 +11,9 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from postdate.clock import require_aware, to_epoch_ms
+from postdate.clock import require_aware
 from postdate.errors import InvalidArgument
+from postdate.outbox.queries import epoch_ms, row_filters
 from postdate.outbox.schema import not_cancelled, outbox_table
 from postdate.schedule.records import (
     FINAL_OUTCOMES,
@@ -36,33 +37,6 @@ def _not_final() -> ColumnElement[bool]:
     )
 
 
-def _ms(moment: datetime, name: str) -> int:
-    return to_epoch_ms(require_aware(moment, f"{name}="))
-
-
-def _window(
-    column: Any, after: datetime | None, before: datetime | None
-) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if after is not None:
-        conditions.append(column >= _ms(after, "after"))
-    if before is not None:
-        conditions.append(column < _ms(before, "before"))
-    return conditions
-
-
-def _matching(
-    table: Any, correlation_id: str | None, command_type: str | None, queue: str | None
-) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    for column, value in (("correlation_id", correlation_id), ("type", command_type)):
-        if value is not None:
-            conditions.append(table.c[column] == value)
-    if queue is not None:
-        conditions.append(table.c.queue == queue)
-    return conditions
-
-
 async def upcoming(
     session: AsyncSession,
     *,
@@ -84,8 +58,15 @@ async def upcoming(
     conditions = [
         not_cancelled(),
         _not_final(),
-        *_window(table.c.due_ms, after, before),
-        *_matching(table, correlation_id, command_type, queue),
+        *row_filters(
+            table,
+            table.c.due_ms,
+            after=after,
+            before=before,
+            correlation_id=correlation_id,
+            command_type=command_type,
+            queue=queue,
+        ),
     ]
     query = select(table, attempts.label("recorded")).where(and_(*conditions))
     query = query.order_by(table.c.due_ms, table.c.id).limit(limit)
@@ -118,8 +99,14 @@ async def history(
 ) -> list[HistoryEntry]:
     """Recorded outcomes, newest first, filtered as given."""
     table = history_table
-    conditions = [*_window(table.c.at_ms, after, before)]
-    conditions += _matching(table, correlation_id, command_type, None)
+    conditions = row_filters(
+        table,
+        table.c.at_ms,
+        after=after,
+        before=before,
+        correlation_id=correlation_id,
+        command_type=command_type,
+    )
     if message_id is not None:
         conditions.append(table.c.message_id == message_id)
     if outcome is not None:
@@ -141,6 +128,24 @@ def _entry(row: Row[Any]) -> HistoryEntry:
         at=row.at,
         worker=row.worker,
     )
+
+
+async def known(session: AsyncSession, message_id: str) -> bool:
+    """Whether anything is known of ``message_id``: an outbox row, a tombstone or an
+    outcome (one query)."""
+    found = select(
+        exists().where(outbox_table.c.message_id == message_id)
+        | exists().where(cancel_table.c.message_id == message_id)
+        | exists().where(history_table.c.message_id == message_id)
+    )
+    return bool((await session.execute(found)).scalar())
+
+
+async def cancel_reason(session: AsyncSession, message_id: str) -> str | None:
+    """The reason ``message_id`` was cancelled with, or None when it was not cancelled."""
+    found = select(cancel_table.c.reason).where(cancel_table.c.message_id == message_id)
+    reason = (await session.execute(found)).scalar_one_or_none()
+    return None if reason is None else str(reason)
 
 
 async def timeline(session: AsyncSession, message_id: str) -> Timeline | None:
@@ -212,8 +217,9 @@ async def _outcome_counts(
 ) -> list[OutcomeCount]:
     table = history_table
     index = (table.c.at_ms // literal(size, BigInteger)).label("bucket")
-    conditions = [*_window(table.c.at_ms, after, before)]
-    conditions += _matching(table, None, command_type, None)
+    conditions = row_filters(
+        table, table.c.at_ms, after=after, before=before, command_type=command_type
+    )
     query = (
         select(index, table.c.type, table.c.outcome, func.count())
         .where(*conditions)
@@ -234,8 +240,10 @@ async def _scheduled_counts(
 ) -> list[OutcomeCount]:
     table = outbox_table
     index = (table.c.due_ms // literal(size, BigInteger)).label("bucket")
-    conditions = [not_cancelled(), _not_final(), *_window(table.c.due_ms, after, before)]
-    conditions += _matching(table, None, command_type, None)
+    conditions = [not_cancelled(), _not_final()]
+    conditions += row_filters(
+        table, table.c.due_ms, after=after, before=before, command_type=command_type
+    )
     query = (
         select(index, table.c.type, func.count())
         .where(and_(*conditions))
@@ -260,7 +268,7 @@ async def trim(session: AsyncSession, before: datetime) -> Trimmed:
     Raises:
         DelayError: ``before`` is naive.
     """
-    cutoff = _ms(before, "before")
+    cutoff = epoch_ms(before, "before")
     done = exists().where(
         history_table.c.message_id == outbox_table.c.message_id,
         history_table.c.outcome.in_(FINAL_OUTCOMES),

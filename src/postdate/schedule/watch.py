@@ -109,9 +109,14 @@ class CancelWatch:
         """Whether ``message_id`` was cancelled (as of the last read)."""
         return message_id in self._cancelled
 
+    @property
+    def stale(self) -> bool:
+        """Whether the last read of the tombstones is too old to start a handler on."""
+        return time.monotonic() - self._fresh_at > STALE_AFTER_SECONDS
+
     async def wait_fresh(self) -> None:
         """Return once the last read of the tombstones is recent enough to start a handler."""
-        while time.monotonic() - self._fresh_at > STALE_AFTER_SECONDS:
+        while self.stale:
             self._fresh.clear()
             await self._fresh.wait()
 
