@@ -56,10 +56,27 @@ async def connect(
 
     async def robust() -> AbstractRobustConnection:
         return await aio_pika.connect_robust(
-            named_url(url, name), timeout=attempt_timeout, reconnect_interval=1.0
+            named_url(url, name),
+            timeout=attempt_timeout,
+            reconnect_interval=1.0,
+            connection_class=_ClosedOnFailure,
         )
 
     return await _with_retries(robust, url, attempts)
+
+
+class _ClosedOnFailure(aio_pika.RobustConnection):
+    """A robust connection closed when its first connect fails: aio-pika would otherwise
+    leave it open, and its ``__del__`` creates a ``close()`` coroutine that is never
+    awaited once the event loop is gone (a "never awaited" warning at a random later
+    moment, e.g. in another test)."""
+
+    async def connect(self, timeout: aiormq.abc.TimeoutType = None) -> None:  # noqa: ASYNC109 (aio-pika's signature)
+        try:
+            await super().connect(timeout)
+        except BaseException:
+            await self.close()
+            raise
 
 
 async def connect_plain(
