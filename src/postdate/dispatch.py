@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from postdate import metrics
+from postdate.acks import Acks
 from postdate.clock import sleep_until
 from postdate.command import Command
 from postdate.confirm import raise_first
@@ -74,6 +75,7 @@ class Dispatcher:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     schedule: CancelWatch | None = None
+    acks: Acks = field(default_factory=Acks)
 
     async def process(self, message: AbstractIncomingMessage, queue: str) -> Outcome:
         """Decode, hold, handle and settle ``message`` from ``queue``; returns its outcome."""
@@ -207,16 +209,40 @@ class Dispatcher:
         if decision.step is Step.GIVE_BACK:
             await self._give_back(message, decision.reason)
             return decision.outcome, decision.reason
-        # Raises if the delivery's channel is gone: its tag means nothing on a new one.
-        await message.ack()
+        await self._ack(message)
         return decision.outcome, decision.reason
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        """Ack ``message``, coalesced with the other acks of its channel in this turn.
+
+        Raises:
+            aiormq.exceptions.ChannelInvalidStateError: its channel is gone (its tag
+                means nothing on a new one; the broker delivers it again).
+        """
+        tag = message.delivery_tag
+        if tag is None:  # not a consumed delivery: nothing to coalesce it with
+            await message.ack()
+        else:
+            await self.acks.of(message.channel).ack(tag)
 
     async def _give_back(self, message: AbstractIncomingMessage, reason: str) -> None:
         """The successor could not be confirmed: give the delivery back, never drop it."""
         log.error("settle.failed", message_id=message.message_id, error=reason)
-        # If the channel is gone, the broker requeues its unacked deliveries by itself.
+        await self.give_back(message)
+
+    async def give_back(self, message: AbstractIncomingMessage) -> None:
+        """Nack ``message`` for redelivery. If its channel is gone, the broker requeues
+        its unacked deliveries by itself."""
+        tag = message.delivery_tag
         with contextlib.suppress(*_LOST_CHANNEL):
+            if tag is None:
+                await message.nack(requeue=True)
+                return
+            acks = self.acks.of(message.channel)
+            if acks.is_settled(tag):  # acked already: a second settle would close the channel
+                return
             await message.nack(requeue=True)
+            acks.given_back(tag)  # after the nack: no multiple ack may cover it before
 
     def abandoned(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
         """Record a delivery left unacked without a decision (e.g. a handler cut off by

@@ -300,7 +300,7 @@ class Worker:
             except Exception:  # a bug of ours: give the delivery back, keep running
                 log.exception("worker.dispatch_failed", message_id=message.message_id)
                 with suppress(Exception):
-                    await message.nack(requeue=True)
+                    await self.dispatcher.give_back(message)
             finally:
                 in_flight.dec()
                 self._in_flight.discard(task)
