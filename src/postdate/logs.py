@@ -2,14 +2,17 @@
 
 A worker writes one JSON line per message at INFO, so that path is kept cheap: the
 dispatcher hands the line's fields to :func:`emit` as one dict, orjson renders the event
-(its timestamp included) straight to bytes, and one ``write`` puts the whole line on
-stderr.
+(its timestamp included) straight to bytes, and :class:`TurnFlushedLogger` puts it in
+stderr's buffer, flushed once per event-loop turn (one ``write`` for the lines of every
+message settled in that turn) or at once outside a loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
 from json import dumps as json_dumps
@@ -35,7 +38,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     factory: Any
     binary = _binary_stderr()
     if render_json and binary is not None:
-        renderer, factory = render_json_bytes, structlog.BytesLoggerFactory(binary)
+        renderer, factory = render_json_bytes, TurnFlushedLoggerFactory(binary)
     elif render_json:
         renderer, factory = render_json_text, structlog.PrintLoggerFactory(sys.stderr)
     else:
@@ -140,6 +143,51 @@ def _fallback(value: object) -> object:
         return value.isoformat().replace("+00:00", "Z")
     render = getattr(value, "__structlog__", None)
     return render() if callable(render) else repr(value)
+
+
+class TurnFlushedLogger:
+    """structlog's ``BytesLogger`` (a rendered line, a newline, into a byte stream), but
+    flushed at the end of the running event loop's turn instead of after every line: the
+    lines written in one turn leave in one ``write``. Outside a running loop each line is
+    flushed at once."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # a flush is scheduled there
+
+    def msg(self, message: bytes) -> None:
+        """Write ``message`` and a newline; flush now or at the end of this loop turn."""
+        with self._lock:
+            self._file.write(message + b"\n")
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._file.flush()
+                return
+            if self._flush_on is loop:
+                return
+            self._flush_on = loop
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write out what is buffered."""
+        with self._lock:
+            self._flush_on = None
+            self._file.flush()
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
+
+
+class TurnFlushedLoggerFactory:
+    """Makes the one :class:`TurnFlushedLogger` of ``file``, whatever logger name is asked."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._logger = TurnFlushedLogger(file)
+
+    def __call__(self, *args: Any) -> TurnFlushedLogger:
+        """The logger (structlog passes the logger name, which does not matter here)."""
+        return self._logger
 
 
 def _binary_stderr() -> BinaryIO | None:

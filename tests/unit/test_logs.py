@@ -3,6 +3,8 @@ structlog is configured once per process)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import os
@@ -17,6 +19,7 @@ import structlog
 import structlog.testing
 
 from postdate import logs
+from postdate.logs import TurnFlushedLogger
 
 SCRIPT = """
 import logging
@@ -153,3 +156,38 @@ def test_emit_calls_anything_else_the_usual_way() -> None:
 
     logs.emit(Plain(), "info", "e", {"a": 1})
     assert calls == [("e", {"a": 1})]
+
+
+class CountingBuffer(io.BytesIO):
+    """A byte stream that counts its flushes and keeps what was flushed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.flushed = b""
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed = self.getvalue()
+
+
+def test_lines_of_one_loop_turn_leave_in_one_flush_at_its_end() -> None:
+    buffer = CountingBuffer()
+    logger = TurnFlushedLogger(buffer)
+
+    async def one_turn() -> bytes:
+        for n in range(3):
+            logger.msg(b'{"n":%d}' % n)
+        flushed_during_the_turn = buffer.flushed
+        await asyncio.sleep(0)  # the turn ends: the flush runs
+        return flushed_during_the_turn
+
+    assert asyncio.run(one_turn()) == b""
+    assert (buffer.flushes, buffer.flushed) == (1, b'{"n":0}\n{"n":1}\n{"n":2}\n')
+
+
+def test_a_line_outside_a_loop_is_flushed_at_once() -> None:
+    buffer = CountingBuffer()
+    logger = TurnFlushedLogger(buffer)
+    logger.msg(b"one")
+    assert (buffer.flushes, buffer.flushed) == (1, b"one\n")
