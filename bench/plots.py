@@ -185,6 +185,20 @@ def timing_table(data: dict[str, Any]) -> str:
             + ("met" if late_b["max"] <= goals["burst_max_s"] else "**not met**"),
         ],
     ]
+    floor = data.get("burst_without_ladder")
+    if floor is not None:
+        late_f = floor["lateness_s"]
+        rows.append(
+            [
+                f"the same burst due within the coming second: no ladder "
+                f"(send_many took {floor['send_many_s']:.1f} s)",
+                f"{late_f['p50']:.2f} s",
+                f"{late_f['p99']:.2f} s",
+                f"{late_f['max']:.2f} s",
+                str(late_f["early_count"]),
+                "the floor: publish, command queue, worker",
+            ]
+        )
     return table(["load", "p50", "p99", "max", "early", "goal"], rows)
 
 

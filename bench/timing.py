@@ -4,14 +4,18 @@ Run: ``python -m bench.timing`` (``make bench``); writes bench/results/timing.js
 
 The worker runs in its own process through the CLI (``postdate worker``), with default
 settings and logging (INFO, JSON lines to a file); each command carries its exact due
-time, and the handler writes how long after it it started. Two scenarios, one worker:
+time, and the handler writes how long after it it started. Three scenarios, one worker:
 
 - steady: ``STEADY_RATE`` sends per second for ``STEADY_SECONDS`` (concurrent ``send``
   calls, as a busy service makes them), delays uniform in 1-10 s with sub-second parts;
-- burst: ``BURST`` commands due within the same second, published by one ``send_many``.
+- burst: ``BURST`` commands due within the same second, 10 s ahead, published by one
+  ``send_many``;
+- burst_without_ladder: the same, due within the coming second, so that none of them
+  goes through the ladder: the floor the publish, the command queue and the worker set.
 
-CPU seconds per wall second of the broker, the worker and this process (publisher) are
-sampled over each scenario: they say which of them limits it.
+CPU seconds per wall second and per command of the broker, the worker and this process
+(publisher) are sampled over each scenario, with how busy the whole machine was: they
+say which of them limits it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,8 @@ class WorkerProcess:
     out: Path
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    _seen: dict[int, float] = field(default_factory=dict)
+    _read_up_to: int = 0
 
     def start(self) -> None:
         """Start the worker; its output goes to ``log``."""
@@ -93,11 +99,22 @@ class WorkerProcess:
             self.process.wait(30)
 
     def handled(self) -> dict[int, float]:
-        """Lateness (seconds after the exact due time) per command number handled so far."""
+        """Lateness (seconds after the exact due time) per command number handled so far.
+
+        Reads only what the worker appended since the last call (whole lines): the bench
+        shares the cores with what it measures, and must not take them from it.
+        """
         if not self.out.exists():
-            return {}
-        lines = self.out.read_text().splitlines()
-        return {int(n): float(late) for n, late in (line.split() for line in lines if line)}
+            return self._seen
+        with self.out.open("rb") as out:
+            out.seek(self._read_up_to)
+            chunk = out.read()
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        self._read_up_to += len(whole)
+        for line in whole.decode().splitlines():
+            n, late = line.split()
+            self._seen[int(n)] = float(late)
+        return self._seen
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,20 +129,36 @@ def broker_pid() -> int | None:
     return int(found.stdout.split()[0]) if found.stdout.strip() else None
 
 
+def host_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot (/proc/stat)."""
+    ticks = [int(word) for word in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 class CpuMeter:
-    """CPU seconds per wall second of named processes between start and stop."""
+    """CPU seconds per wall second of named processes between start and stop, and how
+    busy the whole machine was (1.0: every core, all the time)."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = {name: pid for name, pid in pids.items() if pid is not None}
         self.started = time.monotonic()
         self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.host_before = host_cpu_ticks()
 
-    def stop(self) -> dict[str, float]:
-        """CPU seconds per wall second of each process since start."""
+    def stop(self, commands: int) -> dict[str, Any]:
+        """Per process since start: CPU seconds per wall second, and CPU microseconds per
+        command (of ``commands``); the machine's busy fraction."""
         wall = time.monotonic() - self.started
+        used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
+        (busy_now, total_now), (busy_then, total_then) = host_cpu_ticks(), self.host_before
+        busy, total = busy_now - busy_then, total_now - total_then
         return {
-            name: round((cpu_seconds(pid) - self.before[name]) / wall, 2)
-            for name, pid in self.pids.items()
+            "cpu_per_wall_s": {name: round(seconds / wall, 2) for name, seconds in used.items()},
+            "cpu_us_per_command": {
+                name: round(seconds / commands * 1e6) for name, seconds in used.items()
+            },
+            "host_cpu_busy": round(busy / total, 2) if total else None,
         }
 
 
@@ -190,21 +223,27 @@ def ladder_hops(delay: float) -> int:
 
 
 async def burst(
-    publisher: Publisher, tick: type[Command], worker: WorkerProcess, first: int
+    publisher: Publisher,
+    tick: type[Command],
+    worker: WorkerProcess,
+    first: int,
+    due_in: float = BURST_DUE_IN,
 ) -> dict[str, Any]:
-    """``BURST`` commands due within one second, published by one ``send_many``."""
+    """``BURST`` commands due within one second, ``due_in`` s from now, published by one
+    ``send_many``. With ``due_in=0`` nothing goes through the ladder (the lead covers
+    the second): what is left is the publish, the command queue and the worker."""
     numbers = range(first, first + BURST)
-    second = datetime.now(UTC) + timedelta(seconds=BURST_DUE_IN)
+    second = datetime.now(UTC) + timedelta(seconds=due_in)
     dues = [second + timedelta(seconds=random.random()) for _ in numbers]
     items = [(tick(n=n, due=due.timestamp()), due) for n, due in zip(numbers, dues, strict=True)]  # type: ignore[call-arg]
     started = time.monotonic()
     await publisher.send_many(items)
     send_many_s = time.monotonic() - started
-    seen = await wait_handled(worker, numbers, time.time() + BURST_DUE_IN + 1 + DRAIN_SECONDS)
+    seen = await wait_handled(worker, numbers, time.time() + due_in + 1 + DRAIN_SECONDS)
     return {
         "commands": BURST,
         "due_within_s": 1,
-        "due_after_s": BURST_DUE_IN,
+        "due_after_s": due_in,
         "send_many_s": round(send_many_s, 3),
         "handled": len(seen),
         "lateness_s": lateness_summary(list(seen.values())),
@@ -251,12 +290,16 @@ async def main() -> None:
         pids = {"broker": broker_pid(), "worker": worker.process.pid, "publisher": os.getpid()}
         async with Publisher(settings=settings, connection_name="bench timing publisher") as pub:
             meter = CpuMeter(pids)
-            steady_result = {**await steady(pub, tick, worker), "cpu_per_wall_s": meter.stop()}
+            steady_result = await steady(pub, tick, worker)
+            steady_result.update(meter.stop(steady_result["commands"]))
             meter = CpuMeter(pids)
-            burst_result = {
-                **await burst(pub, tick, worker, first=steady_result["commands"]),
-                "cpu_per_wall_s": meter.stop(),
-            }
+            burst_result = await burst(pub, tick, worker, first=steady_result["commands"])
+            burst_result.update(meter.stop(BURST))
+            meter = CpuMeter(pids)
+            floor = await burst(
+                pub, tick, worker, first=steady_result["commands"] + BURST, due_in=0
+            )
+            floor.update(meter.stop(BURST))
         await connection.close()
     finally:
         worker.stop()
@@ -272,6 +315,7 @@ async def main() -> None:
             "(INFO, JSON lines to a file)",
             "steady": steady_result,
             "burst": burst_result,
+            "burst_without_ladder": floor,
             "goals": {
                 "steady_p99_s": 0.1,
                 "early_count": 0,
