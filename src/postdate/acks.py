@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiormq.abc import AbstractChannel
+from aiormq.exceptions import ChannelInvalidStateError
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class ChannelAcks:
     """The acks of one aiormq channel: :meth:`ack` returns once its frame is written."""
 
     def __init__(self, channel: AbstractChannel) -> None:
-        self._channel = channel
+        # Weak: Acks keys these by their channel, which a strong reference would keep alive.
+        self._channel = weakref.ref(channel)
         self._ledger = AckLedger()
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -131,7 +133,10 @@ class ChannelAcks:
     async def _send(self, batch: dict[int, asyncio.Future[None]]) -> None:
         try:
             for frame in self._ledger.plan(batch):
-                await self._channel.basic_ack(frame.tag, multiple=frame.multiple)
+                channel = self._channel()
+                if channel is None:
+                    raise ChannelInvalidStateError("the channel of these deliveries is gone")
+                await channel.basic_ack(frame.tag, multiple=frame.multiple)
                 for tag in frame.covers:
                     future = batch.pop(tag)
                     if not future.done():
@@ -160,6 +165,10 @@ class Acks:
         self._channels: weakref.WeakKeyDictionary[AbstractChannel, ChannelAcks] = (
             weakref.WeakKeyDictionary()
         )
+
+    def __len__(self) -> int:
+        """How many channels' acks are kept (a channel that is gone is forgotten)."""
+        return len(self._channels)
 
     def of(self, channel: AbstractChannel) -> ChannelAcks:
         """The acks of ``channel``."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+from typing import cast
+
+from aiormq.abc import AbstractChannel
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postdate.acks import AckFrame, AckLedger
+from postdate.acks import AckFrame, AckLedger, Acks
 
 
 def test_a_run_from_the_floor_goes_as_one_multiple_ack() -> None:
@@ -85,3 +89,15 @@ def test_the_broker_sees_each_delivery_settled_once_and_only_when_asked(
             assert covered == set(frame.covers)
             outstanding -= covered
         assert not outstanding & fresh  # everything asked was acked
+
+
+def test_the_acks_of_a_channel_that_is_gone_are_forgotten() -> None:
+    class Channel:  # only its identity matters to the bookkeeping
+        pass
+
+    acks, channel = Acks(), Channel()
+    assert acks.of(cast(AbstractChannel, channel)) is acks.of(cast(AbstractChannel, channel))
+    assert len(acks) == 1
+    del channel
+    gc.collect()
+    assert len(acks) == 0
