@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from aiormq.abc import AbstractChannel
 from aiormq.exceptions import ChannelInvalidStateError
 
+# Tags settled above one still outstanding (held or in a handler) wait in a set until
+# the floor passes them. Past this many, the ledger stops coalescing for the channel's
+# life and forgets them: every ack goes alone, and is_settled knows only the floor.
+SETTLED_AHEAD_LIMIT = 100_000
+
 
 @dataclass(frozen=True)
 class AckFrame:
@@ -36,9 +41,8 @@ class AckLedger:
     """Which acks to send for the tags asking now, given what was settled before."""
 
     floor: int = 0
-    # Settled above a tag still outstanding, until the floor passes them: as many as a
-    # worker settles while its oldest delivery is held or handled.
     settled_ahead: set[int] = field(default_factory=set)
+    singles_only: bool = False
 
     def plan(self, tags: Iterable[int]) -> list[AckFrame]:
         """The frames that ack ``tags`` (each asked once), in the order to send them.
@@ -46,9 +50,9 @@ class AckLedger:
         The run of tags above ``floor`` that are all asked now or already settled goes
         as one frame (multiple when it acks more than one); each other tag goes alone.
         """
-        asked = set(tags)
+        asked = {tag for tag in tags if not self.is_settled(tag)}
         frames: list[AckFrame] = []
-        run = self._run(asked)
+        run = [] if self.singles_only else self._run(asked)
         if run:
             frames.append(AckFrame(run[-1], len(run) > 1, tuple(run)))
             asked.difference_update(run)
@@ -62,8 +66,11 @@ class AckLedger:
         if tag == self.floor + 1:
             self.floor = tag
             self._advance()
-        elif tag > self.floor:
+        elif tag > self.floor and not self.singles_only:
             self.settled_ahead.add(tag)
+            if len(self.settled_ahead) > SETTLED_AHEAD_LIMIT:
+                self.singles_only = True
+                self.settled_ahead.clear()
 
     def is_settled(self, tag: int) -> bool:
         """Whether ``tag`` was acked or given back (through this ledger)."""
@@ -89,27 +96,47 @@ class AckLedger:
 
 
 class ChannelAcks:
-    """The acks of one aiormq channel: :meth:`ack` returns once its frame is written."""
+    """The acks of one aiormq channel: :meth:`ack` returns once its frame is written.
+
+    One flush at a time sends what was asked, as a task of the channel (so that the
+    channel's close ends it). A flush that fails or is cut off leaves the ledger ahead of
+    what was sent: from then on every ack of this channel fails, as they would on the
+    closed channel that is nearly always the cause.
+    """
 
     def __init__(self, channel: AbstractChannel) -> None:
         # Weak: Acks keys these by their channel, which a strong reference would keep alive.
         self._channel = weakref.ref(channel)
         self._ledger = AckLedger()
         self._waiting: dict[int, asyncio.Future[None]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushing = False
+        self._stopped: str | None = None  # why acks of this channel stopped
 
     async def ack(self, tag: int) -> None:
-        """Ack delivery ``tag``, with whatever else is acked in the same loop turn.
+        """Ack delivery ``tag``, with whatever else is acked in the same loop turn. An ack
+        of a tag already acked returns once that ack is written. A caller cancelled before
+        its ack was planned leaves the delivery unacked (the broker delivers it again).
 
         Raises:
             aiormq.exceptions.ChannelInvalidStateError: the channel closed first (the
-                broker delivers the message again), or another error of the write.
+                broker delivers the message again), or an earlier flush failed.
+            Another error of the write (the channel's connection is gone).
         """
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[tag] = future
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        await future
+        if self._stopped is not None:
+            raise ChannelInvalidStateError(self._stopped)
+        asked = self._waiting.get(tag)
+        if asked is not None:
+            await asyncio.shield(asked)
+            return
+        if self._ledger.is_settled(tag):
+            return
+        future = self._queue(tag)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if self._waiting.get(tag) is future:
+                del self._waiting[tag]
+            raise
 
     def given_back(self, tag: int) -> None:
         """``tag`` was nacked or rejected: a later multiple ack may pass over it."""
@@ -119,43 +146,56 @@ class ChannelAcks:
         """Whether ``tag`` was acked (its frame planned) or given back."""
         return self._ledger.is_settled(tag)
 
+    def _queue(self, tag: int) -> asyncio.Future[None]:
+        """Queue ``tag`` for the flush (starting one if none runs); its waiter's future."""
+        channel = self._live_channel()
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[tag] = future
+        if not self._flushing:
+            self._flushing = True
+            channel.create_task(self._flush())
+        return future
+
+    def _live_channel(self) -> AbstractChannel:
+        channel = self._channel()
+        if channel is None or channel.is_closed:
+            raise ChannelInvalidStateError("the channel of this delivery is closed")
+        return channel
+
     async def _flush(self) -> None:
+        batch: dict[int, asyncio.Future[None]] = {}
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, {}
-                await self._send(batch)
-        except BaseException as error:  # cancelled: nobody may wait forever
-            _fail(self._waiting.values(), error)
-            raise
-        finally:
-            self._flusher = None
-
-    async def _send(self, batch: dict[int, asyncio.Future[None]]) -> None:
-        try:
-            for frame in self._ledger.plan(batch):
-                channel = self._channel()
-                if channel is None:
-                    raise ChannelInvalidStateError("the channel of these deliveries is gone")
-                await channel.basic_ack(frame.tag, multiple=frame.multiple)
-                for tag in frame.covers:
-                    future = batch.pop(tag)
-                    if not future.done():
-                        future.set_result(None)
+                for frame in self._ledger.plan(batch):
+                    await self._live_channel().basic_ack(frame.tag, multiple=frame.multiple)
+                    for tag in frame.covers:
+                        _resolve(batch.pop(tag))
+                for settled_before in batch.values():  # asked again after its ack: done
+                    _resolve(settled_before)
         except BaseException as error:
-            _fail(batch.values(), error)
-            if not isinstance(error, Exception):
+            self._stopped = f"acks of this channel stopped: {error!r}"
+            failure = error if isinstance(error, Exception) else None
+            _fail([*batch.values(), *self._waiting.values()], failure or self._stopped)
+            self._waiting.clear()
+            if failure is None:
                 raise
+        finally:
+            self._flushing = False
 
 
-def _fail(futures: Iterable[asyncio.Future[None]], error: BaseException) -> None:
-    """Hand ``error`` to every waiter still waiting (cancel them, for a cancellation)."""
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _fail(futures: Iterable[asyncio.Future[None]], error: Exception | str) -> None:
+    """Hand ``error`` (a message: ChannelInvalidStateError) to every waiter still waiting."""
     for future in futures:
-        if future.done():
-            continue
-        if isinstance(error, asyncio.CancelledError):
-            future.cancel()
-        else:
-            future.set_exception(error)
+        if not future.done():
+            future.set_exception(
+                ChannelInvalidStateError(error) if isinstance(error, str) else error
+            )
 
 
 class Acks:

@@ -3,11 +3,17 @@ never covers a delivery still held for its due time."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+from aiormq.exceptions import ChannelInvalidStateError
 from prometheus_client import REGISTRY
 
 from postdate import Consumer, Context, Outcome, Publisher, Settings, Worker
+from postdate.acks import Acks
 from tests.helpers import Cleanup, Ping, command_for, eventually
 
 
@@ -29,7 +35,9 @@ async def test_a_held_delivery_survives_the_acks_of_the_deliveries_after_it(
         await publisher.send(cmd(n=0), delay=4.5)  # reaches the worker ~1 s early; held
         await eventually(lambda: held(cmd.queue) == 1, 8, "the held delivery")
         await publisher.send_many((cmd(n=n), 0) for n in range(1, 201))
-        await eventually(lambda: len(handled) == 200, 30, "the 200 due at once")
+        await eventually(
+            lambda: first.outcomes[Outcome.HANDLED] == 200, 30, "the 200 due now, acked"
+        )
         assert 0 not in handled
     finally:
         await first.stop(grace_period=0)  # the held one is cut off, left unacked
@@ -46,3 +54,69 @@ async def test_a_held_delivery_survives_the_acks_of_the_deliveries_after_it(
 def held(queue: str) -> float | None:
     """How many deliveries of ``queue`` this process holds until due."""
     return REGISTRY.get_sample_value("postdate_held", {"queue": queue})
+
+
+async def three_got(connection: AbstractRobustConnection) -> tuple[AbstractQueue, list[int]]:
+    """A fresh exclusive queue on a new channel of ``connection``, three messages published
+    into it and got (unacked): the queue, and their delivery tags on that channel."""
+    channel = await connection.channel()
+    queue = await channel.declare_queue(exclusive=True)
+    for n in range(3):
+        await channel.default_exchange.publish(aio_pika.Message(b"%d" % n), queue.name)
+    tags = []
+    for _ in range(3):
+        message = await queue.get(no_ack=False, timeout=5)
+        assert message is not None and message.delivery_tag is not None
+        tags.append(message.delivery_tag)
+    return queue, tags
+
+
+async def test_acks_asked_together_settle_every_delivery_once(
+    connection: AbstractRobustConnection,
+) -> None:
+    queue, tags = await three_got(connection)
+    channel = queue.channel
+    underlay = await channel.get_underlay_channel()
+    acks = Acks().of(underlay)
+    await asyncio.wait_for(asyncio.gather(*(acks.ack(tag) for tag in tags)), 5)
+    await acks.ack(tags[1])  # asked again: a second ack would close the channel
+    await asyncio.sleep(0.3)
+    assert not underlay.is_closed
+    await channel.close()  # anything unacked would go back to the queue
+    depth = await connection.channel()
+    assert (
+        await depth.declare_queue(queue.name, passive=True)
+    ).declaration_result.message_count == 0
+
+
+async def test_an_ack_on_a_closed_channel_fails_at_once(
+    connection: AbstractRobustConnection,
+) -> None:
+    queue, tags = await three_got(connection)
+    underlay = await queue.channel.get_underlay_channel()
+    acks = Acks().of(underlay)
+    await queue.channel.close()
+    with pytest.raises(ChannelInvalidStateError):
+        await asyncio.wait_for(acks.ack(tags[0]), 5)
+
+
+async def test_an_ack_whose_caller_was_cut_off_before_it_went_out_is_not_sent(
+    connection: AbstractRobustConnection,
+) -> None:
+    """A worker cut off by the grace period while its ack waits records the delivery as
+    abandoned: the ack must then not go out behind its back."""
+    queue, tags = await three_got(connection)
+    acks = Acks().of(await queue.channel.get_underlay_channel())
+    first = asyncio.create_task(acks.ack(tags[0]))
+    await asyncio.sleep(0)  # the flush of the first is under way
+    cut = asyncio.create_task(acks.ack(tags[1]))
+    await asyncio.sleep(0)  # the second waits for the next round of that flush
+    cut.cancel()
+    await asyncio.wait_for(first, 5)
+    with pytest.raises(asyncio.CancelledError):
+        await cut
+    await asyncio.wait_for(acks.ack(tags[2]), 5)
+    await queue.channel.close()
+    await asyncio.sleep(0.5)
+    again = await (await connection.channel()).declare_queue(queue.name, passive=True)
+    assert again.declaration_result.message_count == 1  # the second, given back by the close

@@ -5,10 +5,12 @@ from __future__ import annotations
 import gc
 from typing import cast
 
+import pytest
 from aiormq.abc import AbstractChannel
 from hypothesis import given
 from hypothesis import strategies as st
 
+from postdate import acks as acks_module
 from postdate.acks import AckFrame, AckLedger, Acks
 
 
@@ -101,3 +103,20 @@ def test_the_acks_of_a_channel_that_is_gone_are_forgotten() -> None:
     del channel
     gc.collect()
     assert len(acks) == 0
+
+
+def test_tags_settled_before_are_not_acked_again() -> None:
+    ledger = AckLedger()
+    ledger.plan([1])
+    ledger.settled(3)
+    assert ledger.plan([1, 3, 2]) == [AckFrame(2, False, (2,))]
+
+
+def test_past_the_limit_the_ledger_forgets_and_acks_each_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(acks_module, "SETTLED_AHEAD_LIMIT", 3)
+    ledger = AckLedger()
+    assert len(ledger.plan([2, 3, 4, 5])) == 4  # tag 1 outstanding: each alone
+    assert (ledger.singles_only, ledger.settled_ahead) == (True, set())
+    assert ledger.plan([1, 6, 7]) == [AckFrame(t, False, (t,)) for t in (1, 6, 7)]
