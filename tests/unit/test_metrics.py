@@ -119,6 +119,17 @@ def test_first_attempts_count_as_lateness_retries_as_retry_wait() -> None:
     assert REGISTRY.get_sample_value("postdate_retry_wait_seconds_sum", labels) == 180.0
 
 
+@pytest.fixture
+def untracked() -> Iterator[None]:
+    """No connection tracked but this test's: a worker that an earlier test left running
+    (one cut off by a timeout, say) would stay tracked and hold postdate_connected at 0."""
+    others = dict(metrics._connected_sources)
+    metrics._connected_sources.clear()
+    yield
+    metrics._connected_sources.update(others)
+
+
+@pytest.mark.usefixtures("untracked")
 def test_connected_is_1_only_while_every_tracked_connection_is_up() -> None:
     first, second = object(), object()
     up = {"second": True}
