@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any, TypedDict
 
 from postdate.errors import InvalidArgument
-from postdate.ladder import LEVELS
+from postdate.ladder import LEVELS, deliver_key, hop_key
 
 QueueArguments = TypedDict(
     "QueueArguments",
@@ -192,6 +192,11 @@ def dead_lettering(exchange: str, routing_key: str | None = None) -> dict[str, A
     return arguments
 
 
+# The level_pattern_* and command_queue_pattern bindings route the old layout's keys (28
+# bit words, then the queue: see postdate.ladder): kept so that commands pending from it
+# drain. Keys of the current layout never match them.
+
+
 def level_pattern_to_lower(level: int, lower: int) -> str:
     """Binding on ``after.level`` that sends a message on to ``delay.lower``.
 
@@ -228,10 +233,11 @@ def ladder_topology(prefix: str) -> Topology:
                 quorum(**{"x-message-ttl": 2**level * 1000}, **dead_lettering(after)),
             )
         )
-        bindings.extend(
-            BindingSpec(after, names.delay_queue(lower), level_pattern_to_lower(level, lower))
-            for lower in range(level)
-        )
+        for lower in range(level):
+            to_lower = names.delay_queue(lower)
+            bindings.append(BindingSpec(after, to_lower, hop_key(level, lower)))
+            bindings.append(BindingSpec(after, to_lower, level_pattern_to_lower(level, lower)))
+        bindings.append(BindingSpec(after, names.deliver, hop_key(level, None), to_exchange=True))
         bindings.append(
             BindingSpec(after, names.deliver, level_pattern_to_deliver(level), to_exchange=True)
         )
@@ -277,5 +283,9 @@ def command_queue_topology(
         )
         for tier in retry_tiers
     )
-    binding = BindingSpec(Names(prefix).deliver, queue, command_queue_pattern(queue))
-    return Topology(queues=tuple(queues), bindings=(binding,))
+    deliver = Names(prefix).deliver
+    bindings = (
+        BindingSpec(deliver, queue, deliver_key(queue)),
+        BindingSpec(deliver, queue, command_queue_pattern(queue)),  # the old layout's
+    )
+    return Topology(queues=tuple(queues), bindings=bindings)

@@ -23,7 +23,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from postdate import metrics
+from postdate import heap, metrics
 from postdate.connection import connect
 from postdate.consumer import Consumer
 from postdate.declare import declare_topology, queue_states
@@ -388,4 +388,5 @@ def run(app: Consumer, settings: Settings | None = None) -> None:
     from postdate.logs import configure_logging
 
     configure_logging()
+    heap.tune_for_worker()
     asyncio.run(Worker(app, settings).run_until_signalled())

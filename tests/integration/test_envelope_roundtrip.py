@@ -51,7 +51,7 @@ async def test_envelope_round_trip(
     message = received.message
     assert message.content_type == "application/json"
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    assert message.routing_key == ladder.routing_key(0, queue)
+    assert message.routing_key == ladder.deliver_key(queue)
     envelope = Envelope.from_incoming(message)
     assert sent_id == envelope.message_id == "idem-42"
     assert envelope.type == "Reserve"
@@ -86,7 +86,7 @@ async def test_republished_copy_carries_no_broker_headers(
     headers = dict(second.message.headers or {})
     assert not set(headers) & BROKER_HEADERS, headers
     assert second.message.message_id == first.message.message_id
-    assert second.message.routing_key == ladder.routing_key(0, queue)
+    assert second.message.routing_key == ladder.deliver_key(queue)
     assert headers[DUE] == (first.message.headers or {})[DUE]
     assert headers[QUEUE] == queue
 
@@ -99,7 +99,7 @@ async def test_republished_copy_carries_no_broker_headers(
     headers = dict(third.message.headers or {})
     assert death_queues(headers) == [f"{prefix}.delay.0"]
     assert deaths(headers)[0]["count"] == 1
-    assert headers["CC"] == [ladder.routing_key(1, queue)]
+    assert headers["CC"] == list(ladder.hop_keys(1, queue))
     assert headers[ATTEMPT] == 2
 
 

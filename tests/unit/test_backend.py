@@ -61,7 +61,7 @@ def test_the_delayed_exchange_is_an_x_delayed_message_topic_exchange() -> None:
 
 
 def test_a_queue_binds_on_the_delayed_exchange_as_on_the_deliver_exchange() -> None:
-    [on_deliver] = command_queue_topology("p", "orders.expire").bindings
+    [_, on_deliver] = command_queue_topology("p", "orders.expire").bindings  # the old key's
     binding = plugin.queue_binding("p", "orders.expire")
     assert (binding.source, binding.destination, binding.to_exchange) == (
         "p.delayed",
@@ -78,8 +78,8 @@ def test_a_queue_binds_on_the_delayed_exchange_as_on_the_deliver_exchange() -> N
     ("due_in", "expected_ms"),
     [
         (timedelta(seconds=10), 10_000 - LEAD_MS),  # the ladder's lead, held by the worker
-        (timedelta(seconds=2, microseconds=999_999), 1_999),  # whole ms, rounded down
-        (timedelta(seconds=1, microseconds=1500), 1),
+        (LADDER_LEAD + timedelta(seconds=1, microseconds=999_999), 1_999),  # ms, rounded down
+        (LADDER_LEAD + timedelta(microseconds=1500), 1),
         (LADDER_LEAD, 0),
         (timedelta(milliseconds=300), 0),  # never negative
         (timedelta(seconds=-30), 0),  # a due time in the past: at once
@@ -94,16 +94,18 @@ def test_x_delay_is_the_whole_ms_until_the_lead_before_due(
 
 def test_x_delay_counts_from_the_envelopes_making_within_the_leeway_as_the_ladder_does() -> None:
     made = NOW - PLAN_LEEWAY / 2
-    fresh = Envelope.for_command(Expire(order=1), made + timedelta(seconds=3), made_at=made)
-    assert plugin.delay_ms(fresh, NOW) == 3000 - LEAD_MS
-    assert plan(NAMES, fresh, NOW).cc == (ladder.routing_key(2, "orders.expire"),)
+    fresh = Envelope.for_command(
+        Expire(order=1), made + LADDER_LEAD + timedelta(seconds=2), made_at=made
+    )
+    assert plugin.delay_ms(fresh, NOW) == 2000
+    assert plan(NAMES, fresh, NOW).cc == ladder.hop_keys(2, "orders.expire")
 
 
 def test_x_delay_never_delivers_later_than_the_ladder() -> None:
-    for millis in range(1000, 5000, 37):
+    for millis in range(LEAD_MS, LEAD_MS + 4000, 37):
         item = envelope(timedelta(milliseconds=millis))
         target = plan(NAMES, item, NOW)
-        seconds, _ = ladder.decode_routing_key((*target.cc, target.routing_key)[0])
+        seconds = sum(2**level for level in levels_of(target))
         assert plugin.delay_ms(item, NOW) >= seconds * 1000  # the plugin is never behind
         assert NOW + timedelta(milliseconds=plugin.delay_ms(item, NOW)) <= item.due_at
 
@@ -120,8 +122,16 @@ def test_the_longest_delay_is_accepted_and_one_more_ms_refused_naming_the_ladder
     LADDER.check([envelope(timedelta(days=60))], NOW)  # the ladder reaches 8.5 years
 
 
+def levels_of(target: Route) -> list[int]:
+    """The ladder levels a planned route visits: the one it enters, then each hop's."""
+    if target.exchange:
+        return []
+    lowers = [key[key.index(">") + 1 :] for key in target.cc[:-1]]
+    return [int(target.routing_key.rsplit(".", 1)[1]), *(int(lower) for lower in lowers if lower)]
+
+
 def test_a_delayed_route_goes_to_the_delayed_exchange_not_mandatory() -> None:
-    item = envelope(timedelta(seconds=5))
+    item = envelope(LADDER_LEAD + timedelta(seconds=4))
     target = plugin.route(NAMES, item, NOW)
     assert target == Route("p.delayed", ladder.routing_key(0, "orders.expire"), delay_ms=4000)
     assert not target.mandatory and target.cc == ()
@@ -133,7 +143,7 @@ def test_a_delayed_route_goes_to_the_delayed_exchange_not_mandatory() -> None:
 def test_a_zero_delay_goes_to_the_deliver_exchange_mandatory_as_the_ladder_sends_it() -> None:
     item = envelope(timedelta(milliseconds=500))
     target = PLUGIN.route(NAMES, item, NOW)
-    assert target == plan(NAMES, item, NOW) == Route("p.deliver", ladder.routing_key(0, item.queue))
+    assert target == plan(NAMES, item, NOW) == Route("p.deliver", ladder.deliver_key(item.queue))
     assert target.mandatory and target.delay_ms is None
     assert DELAY not in (item.properties(target.cc, target.delay_ms).headers or {})
 

@@ -12,11 +12,12 @@ from postdate.command import Command
 from postdate.envelope import Envelope
 from postdate.errors import DelayError, InvalidArgument
 from postdate.publisher import Publisher
-from postdate.scheduling import Route, When, due_time, plan
+from postdate.scheduling import LADDER_LEAD, Route, When, due_time, plan
 from postdate.settings import Settings
 from postdate.topology import Names
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, 300_000, tzinfo=UTC)
+LEAD_S = int(LADDER_LEAD.total_seconds())
 
 
 class Expire(Command, queue="orders.expire"):
@@ -52,32 +53,36 @@ def publisher() -> Planner:
 
 def test_delay_zero_goes_to_the_deliver_exchange(publisher: Planner) -> None:
     envelope, target = publisher.prepare(Expire(order=1), 0, now=NOW)
-    assert target == Route("p.deliver", ladder.routing_key(0, "orders.expire"))
+    assert target == Route("p.deliver", ladder.deliver_key("orders.expire"))
     assert envelope.due_at == NOW
 
 
 @pytest.mark.parametrize(
     ("delay", "seconds", "span"),
     [
-        (2, 1, timedelta(seconds=2)),  # the ladder delivers LADDER_LEAD (1 s) early
-        (2.999, 1, timedelta(seconds=2.999)),  # whole seconds only: the consumer holds the rest
-        (timedelta(seconds=300), 299, timedelta(seconds=300)),
-        (timedelta(days=7), 604_799, timedelta(days=7)),
-        (ladder.MAX_DELAY_SECONDS, ladder.MAX_DELAY_SECONDS - 1, timedelta(seconds=2**28 - 1)),
+        (LEAD_S + 1, 1, timedelta(seconds=LEAD_S + 1)),  # the ladder delivers LADDER_LEAD early
+        (LEAD_S + 1.999, 1, timedelta(seconds=LEAD_S + 1.999)),  # the consumer holds the rest
+        (timedelta(seconds=300), 300 - LEAD_S, timedelta(seconds=300)),
+        (timedelta(days=7), 604_800 - LEAD_S, timedelta(days=7)),
+        (
+            ladder.MAX_DELAY_SECONDS,
+            ladder.MAX_DELAY_SECONDS - LEAD_S,
+            timedelta(seconds=2**28 - 1),
+        ),
     ],
 )
 def test_delays_enter_the_level_of_their_highest_bit_by_the_default_exchange(
     publisher: Planner, delay: When, seconds: int, span: timedelta
 ) -> None:
     envelope, target = publisher.prepare(Expire(order=1), delay, now=NOW)
-    key = ladder.routing_key(seconds, "orders.expire")
+    keys = ladder.hop_keys(seconds, "orders.expire")
     highest = ladder.levels(seconds)[0]
-    assert target == Route("", f"p.delay.{highest}", (key,))
-    assert (envelope.properties(target.cc).headers or {})["CC"] == [key]
+    assert target == Route("", f"p.delay.{highest}", keys)
+    assert (envelope.properties(target.cc).headers or {})["CC"] == list(keys)
     assert envelope.due_at == NOW + span
 
 
-@pytest.mark.parametrize("delay", [0.5, 0.999, 1, 1.999, timedelta(milliseconds=1)])
+@pytest.mark.parametrize("delay", [0.5, 0.999, LEAD_S, LEAD_S + 0.999, timedelta(milliseconds=1)])
 def test_delays_within_the_lead_and_a_second_deliver_at_once(
     publisher: Planner, delay: When
 ) -> None:
@@ -89,7 +94,9 @@ def test_at(publisher: Planner) -> None:
     due = NOW + timedelta(seconds=10, milliseconds=700)
     envelope, target = publisher.prepare(Expire(order=1), at=due, now=NOW)
     assert envelope.due_at == due
-    assert target == Route("", "p.delay.3", (ladder.routing_key(9, "orders.expire"),))
+    seconds = 10 - LEAD_S  # whole seconds until the lead before due; the worker holds 0.7 s
+    highest = ladder.levels(seconds)[0]
+    assert target == Route("", f"p.delay.{highest}", ladder.hop_keys(seconds, "orders.expire"))
     # an aware datetime given as the delay means the same
     assert publisher.prepare(Expire(order=1), due, now=NOW)[1] == target
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from postdate import ladder
 from postdate.declare import to_definitions
-from postdate.scheduling import route
+from postdate.scheduling import Route, route
 from postdate.topology import (
     PARKING_DELIVERY_LIMIT,
     BindingSpec,
@@ -108,14 +108,17 @@ class Broker:
         return queues
 
 
-def walk(broker: Broker, prefix: str, seconds: int, queue: str) -> tuple[list[int], set[str]]:
-    """Publish like the publisher does and let every ladder queue expire in turn.
+def walk(
+    broker: Broker, prefix: str, seconds: int, queue: str, target: Route | None = None
+) -> tuple[list[int], set[str]]:
+    """Publish like the publisher does (or to ``target``) and let every ladder queue
+    expire in turn.
 
     Returns the ladder levels visited, in order, and the queues finally delivered to.
     """
     names = Names(prefix)
     level_of = {names.delay_queue(level): level for level in range(ladder.LEVELS)}
-    target = route(names, queue, seconds)
+    target = target or route(names, queue, seconds)
     keys = [target.routing_key, *target.cc]
     # The default exchange puts a message straight into the queue its key names.
     here = {target.routing_key} if target.exchange == "" else broker.route(target.exchange, keys)
@@ -166,6 +169,44 @@ def test_walk_property(seconds: int, queue: str) -> None:
     visited, delivered = walk(_BROKER, "postdate", seconds, queue)
     assert visited == ladder.levels(seconds)
     assert delivered == {queue}
+
+
+def old_layout_route(names: Names, queue: str, seconds: int) -> Route:
+    """How a command was published before the literal hop keys: one key of 28 bit words
+    and the queue, in CC (or as the routing key into the deliver exchange)."""
+    key = ladder.routing_key(seconds, queue)
+    if seconds == 0:
+        return Route(names.deliver, key)
+    return Route("", names.delay_queue(seconds.bit_length() - 1), (key,))
+
+
+@settings(max_examples=200, deadline=None)
+@given(seconds=st.integers(0, ladder.MAX_DELAY_SECONDS), queue=st.sampled_from(["a.b", "b"]))
+def test_commands_pending_in_the_old_layout_still_reach_exactly_their_queue(
+    seconds: int, queue: str
+) -> None:
+    old = old_layout_route(Names("postdate"), queue, seconds)
+    visited, delivered = walk(_BROKER, "postdate", seconds, queue, target=old)
+    assert visited == ladder.levels(seconds)
+    assert delivered == {queue}
+
+
+def test_keys_of_either_layout_never_match_the_other_layouts_bindings() -> None:
+    bindings = broker_for("p").topology.bindings
+    old_patterns = [topic_regex(b.routing_key) for b in bindings if "*" in b.routing_key]
+    literal = {b.routing_key for b in bindings if "*" not in b.routing_key}
+    for seconds in sample_delays():
+        for key in ladder.hop_keys(seconds, "a.b"):
+            assert not any(regex.fullmatch("." + key) for regex in old_patterns), key
+        assert ladder.routing_key(seconds, "a.b") not in literal
+
+
+def test_hop_keys_name_each_hop_then_the_queue() -> None:
+    assert ladder.hop_keys(1, "q") == ("~0>", "~>q")
+    assert ladder.hop_keys(9, "a.b") == ("~3>0", "~0>", "~>a.b")
+    assert ladder.hop_keys(7 * 86400, "q") == (
+        "~19>16", "~16>13", "~13>12", "~12>11", "~11>9", "~9>7", "~7>", "~>q"
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("seconds", [0, 1, 5, 604_800, ladder.MAX_DELAY_SECONDS])
@@ -225,8 +266,15 @@ def test_ladder_bindings() -> None:
     for binding in topology.bindings:
         by_source[binding.source].append(binding)
     for level in range(28):
-        bindings = by_source[f"p.after.{level}"]
-        # one binding to each lower level, one to the deliver exchange
+        everything = by_source[f"p.after.{level}"]
+        # To each lower level and to the deliver exchange: one literal hop key each (the
+        # current layout), one wildcard pattern each (the old layout, for what is pending).
+        literal = [b for b in everything if not {"*", "#"} & set(b.routing_key.split("."))]
+        assert {(b.destination, b.routing_key) for b in literal} == {
+            *((f"p.delay.{lower}", f"~{level}>{lower}") for lower in range(level)),
+            ("p.deliver", f"~{level}>"),
+        }
+        bindings = [b for b in everything if b not in literal]
         assert len(bindings) == level + 1
         assert {b.destination for b in bindings if not b.to_exchange} == {
             f"p.delay.{lower}" for lower in range(level)
@@ -237,7 +285,7 @@ def test_ladder_bindings() -> None:
             words = binding.routing_key.split(".")
             assert words[: 28 - level] == ["*"] * (28 - level)  # spent bits: any value
             assert words[-1] == "#"
-    assert len(topology.bindings) == 28 * 27 // 2 + 28 + 1
+    assert len(topology.bindings) == 2 * (28 * 27 // 2 + 28) + 1
 
 
 def test_names_are_unique_and_keys_fit() -> None:

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from postdate import heap
 from postdate.cli.common import load_app, run_async
 from postdate.logs import configure_logging
 from postdate.settings import Settings
@@ -31,4 +32,5 @@ def worker(
     settings = Settings.load(**overrides)
     consumer = load_app(spec)
     configure_logging()
+    heap.tune_for_worker()
     run_async(lambda: Worker(consumer, settings).run_until_signalled())
