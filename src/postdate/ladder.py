@@ -38,7 +38,7 @@ def hop_keys(seconds: int, queue: str) -> tuple[str, ...]:
         DelayError: ``seconds`` is negative or above :data:`MAX_DELAY_SECONDS`.
     """
     visited = levels(seconds)
-    lowers: list[int | None] = [*visited[1:], None]
+    lowers: list[int | None] = [*visited[1:], None] if visited else []
     hops = [hop_key(level, lower) for level, lower in zip(visited, lowers, strict=True)]
     return (*hops, deliver_key(queue))
 

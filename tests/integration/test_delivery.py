@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate.envelope import DUE, QUEUE
+from postdate import ladder
+from postdate.envelope import DUE, QUEUE, Envelope
 from postdate.publisher import Publisher
-from postdate.scheduling import LADDER_LEAD, When
+from postdate.scheduling import LADDER_LEAD, Route, When
 from postdate.topology import Names, command_queue_topology
 from tests.helpers import (
     BACKENDS,
@@ -169,3 +170,56 @@ async def test_a_send_to_a_queue_no_worker_declared_declares_it_and_arrives(
     assert arrived.message.message_id == sent
     assert due_ms(arrived) - EARLIEST_MS <= arrived.arrived_ms <= due_ms(arrived) + ON_TIME_MS
     assert await queue_depth(connection, Names(prefix).unroutable) == 0
+
+
+async def test_commands_published_in_the_old_layout_still_arrive_once(
+    publisher: Publisher, connection: AbstractRobustConnection, cleanup: Cleanup, prefix: str
+) -> None:
+    """Commands pending from before the literal hop keys (28 bit words, then the queue,
+    in CC) drain through the bindings kept for them, beside commands of this version."""
+    queue = f"{prefix}.old"
+    await declare_queues(connection, cleanup, prefix, queue)
+    command = command_for(queue)
+    names = Names(prefix)
+    old_ids = []
+    async with Collector(connection, queue, 10) as collector:
+        for n, seconds in enumerate([0, 1, 2, 3, 5]):
+            now = datetime.now(UTC)
+            envelope = Envelope.for_command(command(n=n), now + timedelta(seconds=seconds))
+            key = ladder.routing_key(seconds, queue)
+            old = (
+                Route(names.deliver, key)
+                if seconds == 0
+                else Route("", names.delay_queue(seconds.bit_length() - 1), (key,))
+            )
+            await publish_route(connection, envelope, old)
+            old_ids.append(envelope.message_id)
+        new_ids = [
+            await publisher.send(command(n=10 + n), LADDER_LEAD + timedelta(seconds=seconds))
+            for n, seconds in enumerate([0, 1, 2, 3, 5])
+        ]
+        received = await collector.wait(timeout=20)
+
+    ids = [r.message.message_id for r in received]
+    assert sorted(map(str, ids)) == sorted(old_ids + new_ids)
+    for arrived in received:
+        assert arrived.arrived_ms <= due_ms(arrived) + ON_TIME_MS
+    assert await queue_depth(connection, names.unroutable) == 0
+
+
+async def publish_route(
+    connection: AbstractRobustConnection, envelope: Envelope, target: Route
+) -> None:
+    """Publish ``envelope`` to ``target`` on a confirming channel of its own."""
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_publish(
+            envelope.body,
+            exchange=target.exchange,
+            routing_key=target.routing_key,
+            properties=envelope.properties(target.cc),
+            mandatory=True,
+        )
+    finally:
+        await channel.close()

@@ -22,7 +22,7 @@ from postdate.errors import (
     PublishUnencodable,
 )
 from postdate.publisher import Publisher
-from postdate.scheduling import When
+from postdate.scheduling import LADDER_LEAD, When
 from postdate.settings import Settings
 from postdate.topology import command_queue_topology
 from tests.helpers import Cleanup, Ping, command_for, ladder_depths, queue_depth
@@ -57,9 +57,10 @@ async def test_unschedulable_delays_raise_and_publish_nothing(
 async def test_publish_with_nowhere_to_go_is_returned(
     settings: Settings, cleanup: Cleanup, test_name: str, prefix: str
 ) -> None:
+    delay = LADDER_LEAD + timedelta(seconds=5)  # the ladder carries 5 s: level 2
     async with Publisher(settings=settings, declare=False, connection_name=test_name) as pub:
         with pytest.raises(PublishReturned) as caught:
-            await asyncio.wait_for(pub.send(command_for(f"{prefix}.q")(n=1), 5), timeout=10)
+            await asyncio.wait_for(pub.send(command_for(f"{prefix}.q")(n=1), delay), timeout=10)
     assert caught.value.exchange == ""
     assert caught.value.routing_key == f"{prefix}.delay.2"
     assert "NO_ROUTE" in caught.value.reply_text
