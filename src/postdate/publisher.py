@@ -17,7 +17,7 @@ from typing import Self
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
-from postdate import scheduling
+from postdate import ladder, scheduling
 from postdate.backend import LADDER, Backend, choose
 from postdate.command import Command
 from postdate.confirm import PIPELINE_WINDOW, ConfirmedChannel, Outgoing, Plan, raise_first
@@ -34,7 +34,13 @@ from postdate.logs import get_logger
 from postdate.registry import register
 from postdate.scheduling import When
 from postdate.settings import Settings
-from postdate.topology import Names, Topology, command_queue_topology, ladder_topology
+from postdate.topology import (
+    BindingSpec,
+    Names,
+    Topology,
+    command_queue_topology,
+    ladder_topology,
+)
 
 Properties = aiormq.spec.Basic.Properties
 
@@ -254,9 +260,23 @@ class Publisher:
             return
         for queue in missing:
             await self._declare_command_queue(connection, queue)
+        await self._bind_deliver_keys(connection, sorted(new - set(missing)))
         await self.backend.prepare(connection, self.settings.prefix, new)
         self._unregistered |= set(missing)
         self._queues_seen |= new
+
+    async def _bind_deliver_keys(
+        self, connection: AbstractRobustConnection, queues: list[str]
+    ) -> None:
+        """Bind each existing queue's deliver key (``~>Q``): a queue declared by a worker of
+        the version before the literal hop keys has only the old pattern, and this
+        publisher's commands would wait in the catch-all queue until a worker of this
+        version starts. Binding is idempotent."""
+        if not queues or not await exchange_exists(connection, self.names.deliver):
+            return
+        deliver = self.names.deliver
+        bindings = tuple(BindingSpec(deliver, queue, ladder.deliver_key(queue)) for queue in queues)
+        await declare_topology(connection, Topology(bindings=bindings))
 
     async def _register(self, connection: AbstractRobustConnection) -> None:
         """Add the queues this publisher declared to the registry; a failure is logged and

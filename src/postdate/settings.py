@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # Deliveries held until due count against the prefetch like those being handled: a
     # worker sustains about prefetch / (LADDER_LEAD + 0.5 s) due commands per second, and
     # takes up to this many of a burst off the broker before they are due.
-    prefetch: Annotated[int, Field(ge=1, le=65535)] = 5000
+    prefetch: Annotated[int, Field(ge=1, le=65535)] = 10_000
     concurrency: Annotated[int, Field(ge=1, le=10000)] = 32
     grace_period: Annotated[float, Field(ge=0, le=3600)] = 20.0
     delivery_limit: Annotated[int, Field(ge=1, le=1000)] = 5

@@ -18,7 +18,7 @@ from postdate import ladder
 from postdate.envelope import DUE, QUEUE, Envelope
 from postdate.publisher import Publisher
 from postdate.scheduling import LADDER_LEAD, Route, When
-from postdate.topology import Names, command_queue_topology
+from postdate.topology import Names, Topology, command_queue_topology
 from tests.helpers import (
     BACKENDS,
     Cleanup,
@@ -223,3 +223,27 @@ async def publish_route(
         )
     finally:
         await channel.close()
+
+
+async def test_a_queue_declared_before_the_literal_keys_gets_its_key_from_the_first_send(
+    publisher: Publisher, connection: AbstractRobustConnection, cleanup: Cleanup, prefix: str
+) -> None:
+    """A command queue that a worker of the version before declared is bound by the old
+    pattern only: the first send to it binds its deliver key, so nothing of this version
+    waits in the catch-all queue for a new worker."""
+    queue = f"{prefix}.declared-before"
+    current = command_queue_topology(prefix, queue)
+    before = Topology(
+        queues=current.queues,
+        bindings=tuple(b for b in current.bindings if "*" in b.routing_key),
+    )
+    await cleanup.declare(connection, before)
+    command = command_for(queue)
+    async with Collector(connection, queue, 2) as collector:
+        sent = [
+            await publisher.send(command(n=1)),
+            await publisher.send(command(n=2), LADDER_LEAD + timedelta(seconds=1)),
+        ]
+        received = await collector.wait(timeout=10)
+    assert sorted(str(r.message.message_id) for r in received) == sorted(sent)
+    assert await queue_depth(connection, Names(prefix).unroutable) == 0

@@ -23,6 +23,7 @@ from postdate.envelope import Envelope
 from postdate.errors import CancelTooLate, CommandCancelled, UnknownCommand
 from postdate.outbox import OutboxRelay
 from postdate.schedule import STALE_AFTER_SECONDS, CancelStatus, ScheduleStore, cancel_in, history
+from postdate.scheduling import LADDER_LEAD
 from tests.helpers import Cleanup, Ping, command_for, eventually
 from tests.integration.orders_fixtures import Database
 
@@ -121,7 +122,8 @@ async def test_cancel_in_the_ladder_and_while_held_is_never_handled(
     recorder = Recorder(cmd)
     worker = await start_worker(recorder, settings, cleanup, schedule, f"{prefix} in-flight")
     try:
-        in_ladder, kept = await schedule_rows(schedule, cmd, 4, count=2)
+        ladder_for = LADDER_LEAD.total_seconds() + 4  # in the ladder for 4 s, then held
+        in_ladder, kept = await schedule_rows(schedule, cmd, ladder_for, count=2)
         assert await relay_all(schedule, publisher) == 2
         held = Envelope.for_command(cmd(n=9), datetime.now(UTC) + timedelta(seconds=2))
         channel = await connection.channel()
