@@ -196,7 +196,7 @@ def timing_table(data: dict[str, Any]) -> str:
                 f"{late_f['p99']:.2f} s",
                 f"{late_f['max']:.2f} s",
                 str(late_f["early_count"]),
-                "the floor: publish, command queue, worker",
+                "no head start: publish, command queue and worker at once",
             ]
         )
     return table(["load", "p50", "p99", "max", "early", "goal"], rows)

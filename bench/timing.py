@@ -11,7 +11,7 @@ time, and the handler writes how long after it it started. Three scenarios, one 
 - burst: ``BURST`` commands due within the same second, 10 s ahead, published by one
   ``send_many``;
 - burst_without_ladder: the same, due within the coming second, so that none of them
-  goes through the ladder: the floor the publish, the command queue and the worker set.
+  goes through the ladder: publish, command queue and worker at once, with no head start.
 
 CPU seconds per wall second and per command of the broker, the worker and this process
 (publisher) are sampled over each scenario, with how busy the whole machine was: they

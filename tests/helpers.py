@@ -23,7 +23,7 @@ from postdate.declare import declare_topology, delete_topology, queue_exists
 from postdate.envelope import Envelope
 from postdate.plugin import plugin_topology
 from postdate.registry import registered, registry_queue, registry_topology
-from postdate.scheduling import plan
+from postdate.scheduling import Route, plan
 from postdate.settings import DEFAULT_URL, Settings
 from postdate.topology import (
     ExchangeSpec,
@@ -345,7 +345,14 @@ async def send_around_the_publisher(
     sure its queue exists."""
     now = datetime.now(UTC)
     envelope = Envelope.for_command(command, now + timedelta(seconds=delay))
-    target = plan(Names(prefix), envelope, now)
+    await publish_route(connection, envelope, plan(Names(prefix), envelope, now))
+    return envelope.message_id
+
+
+async def publish_route(
+    connection: AbstractConnection, envelope: Envelope, target: Route, mandatory: bool = False
+) -> None:
+    """Publish ``envelope`` to ``target`` on a confirming channel of its own."""
     channel = await connection.channel(publisher_confirms=True)
     try:
         underlay = await channel.get_underlay_channel()
@@ -354,10 +361,10 @@ async def send_around_the_publisher(
             exchange=target.exchange,
             routing_key=target.routing_key,
             properties=envelope.properties(target.cc),
+            mandatory=mandatory,
         )
     finally:
         await channel.close()
-    return envelope.message_id
 
 
 StartWorker = Callable[[Consumer], Awaitable[Worker]]

@@ -26,6 +26,7 @@ from tests.helpers import (
     Ping,
     Received,
     command_for,
+    publish_route,
     queue_depth,
     send_around_the_publisher,
 )
@@ -192,7 +193,7 @@ async def test_commands_published_in_the_old_layout_still_arrive_once(
                 if seconds == 0
                 else Route("", names.delay_queue(seconds.bit_length() - 1), (key,))
             )
-            await publish_route(connection, envelope, old)
+            await publish_route(connection, envelope, old, mandatory=True)
             old_ids.append(envelope.message_id)
         new_ids = [
             await publisher.send(command(n=10 + n), LADDER_LEAD + timedelta(seconds=seconds))
@@ -205,24 +206,6 @@ async def test_commands_published_in_the_old_layout_still_arrive_once(
     for arrived in received:
         assert arrived.arrived_ms <= due_ms(arrived) + ON_TIME_MS
     assert await queue_depth(connection, names.unroutable) == 0
-
-
-async def publish_route(
-    connection: AbstractRobustConnection, envelope: Envelope, target: Route
-) -> None:
-    """Publish ``envelope`` to ``target`` on a confirming channel of its own."""
-    channel = await connection.channel(publisher_confirms=True)
-    try:
-        underlay = await channel.get_underlay_channel()
-        await underlay.basic_publish(
-            envelope.body,
-            exchange=target.exchange,
-            routing_key=target.routing_key,
-            properties=envelope.properties(target.cc),
-            mandatory=True,
-        )
-    finally:
-        await channel.close()
 
 
 async def test_a_queue_declared_before_the_literal_keys_gets_its_key_from_the_first_send(
