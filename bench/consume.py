@@ -43,8 +43,8 @@ from tests.helpers import Cleanup
 from bench.common import server_version, write_results
 from bench.consume_app import make_command
 from postdate import Command, Consumer, Context, Publisher, Settings
-from postdate.declare import declare_topology
-from postdate.logs import configure_logging
+from postdate.broker._declare import declare_topology
+from postdate.observe._logs import configure_logging
 from postdate.schedule import ScheduleStore, history_table, make_engine
 
 ROOT = Path(__file__).resolve().parents[1]

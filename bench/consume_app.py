@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from postdate import Command, Consumer, Context
-from postdate.logs import configure_logging
+from postdate.observe._logs import configure_logging
 
 
 def make_command(queue: str) -> type[Command]:

@@ -45,14 +45,14 @@ from typing import Any
 import aio_pika
 
 from bench.common import server_version, write_results
-from postdate import ladder
-from postdate.command import Command
-from postdate.connection import named_url
-from postdate.declare import declare_topology, delete_topology
-from postdate.publisher import Publisher
-from postdate.scheduling import When
-from postdate.settings import Settings
-from postdate.topology import Topology, command_queue_topology, ladder_topology
+from postdate._command import Command
+from postdate._settings import Settings
+from postdate.broker._connection import named_url
+from postdate.broker._declare import declare_topology, delete_topology
+from postdate.broker._topology import Topology, command_queue_topology, ladder_topology
+from postdate.delay import _ladder as ladder
+from postdate.delay._routing import When
+from postdate.publish._publisher import Publisher
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "memory.json"

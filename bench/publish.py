@@ -43,15 +43,11 @@ from tests.helpers import Cleanup
 
 from bench import celery_series
 from bench.common import host_info, server_version, write_results
-from postdate import ladder
-from postdate.command import Command
-from postdate.connection import named_url
-from postdate.declare import declare_topology, queue_states
-from postdate.envelope import DUE, Envelope
-from postdate.publisher import PIPELINE_WINDOW, Publisher
-from postdate.scheduling import When, due_time, plan
-from postdate.settings import Settings
-from postdate.topology import (
+from postdate._command import Command
+from postdate._settings import Settings
+from postdate.broker._connection import named_url
+from postdate.broker._declare import declare_topology, queue_states
+from postdate.broker._topology import (
     Names,
     QueueSpec,
     Topology,
@@ -59,6 +55,10 @@ from postdate.topology import (
     ladder_topology,
     quorum,
 )
+from postdate.delay import _ladder as ladder
+from postdate.delay._routing import When, due_time, plan
+from postdate.publish._envelope import DUE, Envelope
+from postdate.publish._publisher import PIPELINE_WINDOW, Publisher
 
 RESULTS = Path(__file__).parent / "results" / "publish.json"
 ROUNDS = 5

@@ -39,9 +39,10 @@ from aio_pika.abc import AbstractConnection
 from tests.helpers import Cleanup
 
 from bench.common import percentiles, server_version, write_results
-from postdate import Command, Consumer, Context, Publisher, Settings, ladder
-from postdate.declare import queue_states
-from postdate.scheduling import LADDER_LEAD
+from postdate import Command, Consumer, Context, Publisher, Settings
+from postdate.broker._declare import queue_states
+from postdate.delay import _ladder as ladder
+from postdate.delay._routing import LADDER_LEAD
 
 RESULTS = Path(__file__).parent / "results" / "timing.json"
 STEADY_RATE = int(os.environ.get("BENCH_TIMING_RATE", "500"))

@@ -22,9 +22,9 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate.connection import redacted
-from postdate.publisher import Publisher
-from postdate.settings import Settings
+from postdate._settings import Settings
+from postdate.broker._connection import redacted
+from postdate.publish._publisher import Publisher
 from tests.helpers import NO_PLUGIN, PLUGIN_URL, Cleanup, amqp_url, broker_address, broker_url
 
 

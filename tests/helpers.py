@@ -16,16 +16,12 @@ import aio_pika
 import yarl
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from postdate.command import Command
-from postdate.connection import named_url
-from postdate.consumer import Consumer
-from postdate.declare import declare_topology, delete_topology, queue_exists
-from postdate.envelope import Envelope
-from postdate.plugin import plugin_topology
-from postdate.registry import registered, registry_queue, registry_topology
-from postdate.scheduling import Route, plan
-from postdate.settings import DEFAULT_URL, Settings
-from postdate.topology import (
+from postdate._command import Command
+from postdate._settings import DEFAULT_URL, Settings
+from postdate.broker._connection import named_url
+from postdate.broker._declare import declare_topology, delete_topology, queue_exists
+from postdate.broker._registry import registered, registry_queue, registry_topology
+from postdate.broker._topology import (
     ExchangeSpec,
     ExchangeType,
     Names,
@@ -34,7 +30,11 @@ from postdate.topology import (
     command_queue_topology,
     ladder_topology,
 )
-from postdate.worker import Worker
+from postdate.consume._consumer import Consumer
+from postdate.consume._worker import Worker
+from postdate.delay._plugin import plugin_topology
+from postdate.delay._routing import Route, plan
+from postdate.publish._envelope import Envelope
 
 C = TypeVar("C", bound=Command)
 
@@ -251,7 +251,7 @@ class Cleanup:
 
     async def run(self, lanes: int = 4) -> None:
         """Delete everything tracked on a fresh connection, ignoring what is already gone
-        (with :func:`postdate.declare.delete_topology`, queues before exchanges).
+        (with :func:`postdate.broker._declare.delete_topology`, queues before exchanges).
         """
         connection = await aio_pika.connect(amqp_url(f"{self.connection_name} cleanup", self.url))
         try:

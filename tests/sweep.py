@@ -13,7 +13,7 @@ import sys
 
 import aio_pika
 
-from postdate.settings import DEFAULT_URL
+from postdate._settings import DEFAULT_URL
 
 
 async def sweep(queues: list[str], exchanges: list[str]) -> None:

@@ -35,14 +35,15 @@ from orders.domain import InvalidTransition, Order, OrderStatus
 from orders.payments import RecordingGateway, Refund
 from orders.reminders import Services, build_app
 from orders.store import OrderStore, ReminderEntry, ReminderOutcome
-from postdate import Outcome, Publisher, RetryPolicy, Settings, Worker, declare, outbox
-from postdate.connection import redacted
-from postdate.errors import PostdateError
-from postdate.logs import configure_logging
+from postdate import Outcome, Publisher, RetryPolicy, Settings, Worker, outbox
+from postdate._errors import PostdateError
+from postdate.broker import _declare as declare
+from postdate.broker._connection import redacted
+from postdate.broker._registry import registry_topology
+from postdate.broker._topology import Topology
+from postdate.observe._logs import configure_logging
 from postdate.outbox import OutboxRelay
-from postdate.registry import registry_topology
 from postdate.schedule import HistoryEntry, ScheduleStore, Timeline
-from postdate.topology import Topology
 
 REFUNDED = "refunded and cancelled"
 RETRIED = "retried then refunded"

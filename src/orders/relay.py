@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from orders.settings import OrdersSettings
 from orders.store import OrderStore
 from postdate import Publisher, Settings
-from postdate.logs import configure_logging, get_logger
+from postdate.observe._logs import configure_logging, get_logger
 from postdate.outbox import OutboxRelay
 from postdate.schedule import make_engine
 

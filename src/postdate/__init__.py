@@ -1,9 +1,7 @@
 """postdate: send commands into the future on RabbitMQ."""
 
-from postdate.command import Command
-from postdate.consumer import Consumer
-from postdate.context import Context
-from postdate.errors import (
+from postdate._command import Command
+from postdate._errors import (
     BrokerUnavailable,
     CancelTooLate,
     CommandCancelled,
@@ -26,12 +24,14 @@ from postdate.errors import (
     TopologyMismatch,
     UnknownCommand,
 )
-from postdate.outcomes import Outcome, Reason, Retry, Skip
-from postdate.publisher import Publisher
-from postdate.retry import RetryPolicy
-from postdate.scheduling import When
-from postdate.settings import Settings
-from postdate.worker import Worker, run
+from postdate._outcomes import Outcome, Reason, Retry, Skip
+from postdate._settings import Settings
+from postdate.consume._consumer import Consumer
+from postdate.consume._context import Context
+from postdate.consume._retry import RetryPolicy
+from postdate.consume._worker import Worker, run
+from postdate.delay._routing import When
+from postdate.publish._publisher import Publisher
 
 __all__ = [
     "BrokerUnavailable",

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from bench.common import write_results
 
-from postdate.logs import configure_logging
+from postdate.observe._logs import configure_logging
 from tests.cluster.results import Results
 
 ROOT = Path(__file__).resolve().parents[2]

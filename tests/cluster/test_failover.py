@@ -34,8 +34,8 @@ import pytest
 from bench.common import percentiles, server_version
 
 from postdate import PostdateError, Publisher, Settings
-from postdate.declare import declare_topology
-from postdate.topology import Names, ladder_topology
+from postdate.broker._declare import declare_topology
+from postdate.broker._topology import Names, ladder_topology
 from tests.cluster.conftest import NODES, Cluster, cluster
 from tests.cluster.proxy import FailoverProxy
 from tests.cluster.results import SCENARIOS, Outcome, Results, Scenario

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from postdate.logs import configure_logging
+from postdate.observe._logs import configure_logging
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_SCRIPT = ROOT / "rabbit" / "node.sh"

@@ -16,8 +16,8 @@ import aio_pika
 from aio_pika.abc import AbstractConnection
 
 from postdate import Command, Consumer, Context, Settings, Worker
-from postdate.declare import delete_topology
-from postdate.topology import Names
+from postdate.broker._declare import delete_topology
+from postdate.broker._topology import Names
 from tests.helpers import derive, queue_depth
 
 

@@ -13,7 +13,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 from prometheus_client import REGISTRY
 
 from postdate import Consumer, Context, Outcome, Publisher, Settings, Worker
-from postdate.acks import Acks
+from postdate.consume._acks import Acks
 from tests.helpers import Cleanup, Ping, command_for, eventually
 
 

@@ -12,14 +12,14 @@ from datetime import timedelta
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate.backend import probe_name
-from postdate.declare import exchange_exists, queue_exists
-from postdate.errors import DelayError
-from postdate.plugin import MAX_DELAY_MS
-from postdate.publisher import Publisher
-from postdate.scheduling import LADDER_LEAD
-from postdate.settings import BackendName, Settings
-from postdate.topology import Names, command_queue_topology
+from postdate._errors import DelayError
+from postdate._settings import BackendName, Settings
+from postdate.broker._declare import exchange_exists, queue_exists
+from postdate.broker._topology import Names, command_queue_topology
+from postdate.delay._backend import probe_name
+from postdate.delay._plugin import MAX_DELAY_MS
+from postdate.delay._routing import LADDER_LEAD
+from postdate.publish._publisher import Publisher
 from tests.helpers import Cleanup, Collector, command_for, queue_depth
 
 EARLIEST_MS = LADDER_LEAD // timedelta(milliseconds=1) + 1000

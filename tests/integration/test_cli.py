@@ -13,8 +13,8 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from postdate import Publisher, Settings
-from postdate.declare import queue_states
-from postdate.topology import ladder_topology, poison_queue
+from postdate.broker._declare import queue_states
+from postdate.broker._topology import ladder_topology, poison_queue
 from tests.helpers import Cleanup, command_for
 
 ROOT = Path(__file__).resolve().parents[2]

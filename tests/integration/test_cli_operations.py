@@ -17,7 +17,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate import Consumer, Context, Outcome, Publisher, RetryPolicy, Settings, Worker
-from postdate.topology import poison_queue
+from postdate.broker._topology import poison_queue
 from tests.helpers import Cleanup, Ping, command_for, eventually, queue_depth
 from tests.integration.test_cli import POSTDATE, ROOT
 

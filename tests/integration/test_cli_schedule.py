@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from typer.testing import CliRunner, Result
 
 from postdate import outbox
+from postdate._clock import to_epoch_ms
 from postdate.cli import app
 from postdate.cli import database as schedule_database
-from postdate.clock import to_epoch_ms
 from postdate.schedule import ScheduleStore, history_table, make_engine
 from tests.helpers import command_for
 from tests.integration.orders_fixtures import Database

@@ -26,10 +26,10 @@ from postdate import (
     TopologyMismatch,
     Worker,
 )
-from postdate.clock import to_epoch_ms
-from postdate.dispatch import HOLD_LIMIT_SECONDS
-from postdate.envelope import ATTEMPT, DUE, QUEUE, SCHEMA, Envelope
-from postdate.poison import (
+from postdate._clock import to_epoch_ms
+from postdate.broker._topology import poison_queue
+from postdate.consume._dispatch import HOLD_LIMIT_SECONDS
+from postdate.parking._poison import (
     ATTEMPTS,
     CONSUMER,
     ERROR_MESSAGE,
@@ -39,8 +39,8 @@ from postdate.poison import (
     REASON,
     TRACEBACK,
 )
-from postdate.topology import poison_queue
-from postdate.triage import PoisonFilter, list_poison, replay_poison
+from postdate.parking._triage import PoisonFilter, list_poison, replay_poison
+from postdate.publish._envelope import ATTEMPT, DUE, QUEUE, SCHEMA, Envelope
 from tests.helpers import (
     BACKENDS,
     Cleanup,

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate.declare import declare_topology
-from postdate.errors import TopologyMismatch
-from postdate.publisher import Publisher
-from postdate.settings import Settings
-from postdate.topology import command_queue_topology, ladder_topology
+from postdate._errors import TopologyMismatch
+from postdate._settings import Settings
+from postdate.broker._declare import declare_topology
+from postdate.broker._topology import command_queue_topology, ladder_topology
+from postdate.publish._publisher import Publisher
 from tests.helpers import Cleanup, queue_depth
 
 

@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate import ladder
-from postdate.envelope import DUE, QUEUE, Envelope
-from postdate.publisher import Publisher
-from postdate.scheduling import LADDER_LEAD, Route, When
-from postdate.topology import Names, Topology, command_queue_topology
+from postdate.broker._topology import Names, Topology, command_queue_topology
+from postdate.delay import _ladder as ladder
+from postdate.delay._routing import LADDER_LEAD, Route, When
+from postdate.publish._envelope import DUE, QUEUE, Envelope
+from postdate.publish._publisher import Publisher
 from tests.helpers import (
     BACKENDS,
     Cleanup,

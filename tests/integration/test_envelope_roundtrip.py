@@ -11,13 +11,13 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate import ladder
-from postdate.command import Command
-from postdate.envelope import ATTEMPT, BROKER_HEADERS, DUE, QUEUE, SCHEMA, Envelope
-from postdate.errors import InvalidMessage
-from postdate.publisher import Publisher
-from postdate.scheduling import LADDER_LEAD
-from postdate.topology import QueueSpec, Topology, command_queue_topology, quorum
+from postdate._command import Command
+from postdate._errors import InvalidMessage
+from postdate.broker._topology import QueueSpec, Topology, command_queue_topology, quorum
+from postdate.delay import _ladder as ladder
+from postdate.delay._routing import LADDER_LEAD
+from postdate.publish._envelope import ATTEMPT, BROKER_HEADERS, DUE, QUEUE, SCHEMA, Envelope
+from postdate.publish._publisher import Publisher
 from tests.helpers import Cleanup, collect, command_for, derive
 
 

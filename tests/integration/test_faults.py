@@ -18,7 +18,7 @@ import pytest
 import yarl
 
 from postdate import Publisher, Settings
-from postdate.topology import Names, command_queue_topology, poison_queue
+from postdate.broker._topology import Names, command_queue_topology, poison_queue
 from tests.helpers import Cleanup, collect, command_for, eventually, queue_depth
 
 ROOT = Path(__file__).resolve().parents[2]

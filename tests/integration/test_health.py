@@ -28,8 +28,8 @@ from postdate import (
     Settings,
     Worker,
 )
-from postdate.envelope import Envelope
-from postdate.topology import poison_queue
+from postdate.broker._topology import poison_queue
+from postdate.publish._envelope import Envelope
 from tests.helpers import (
     Cleanup,
     Ping,

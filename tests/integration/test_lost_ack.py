@@ -16,8 +16,8 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from postdate import Consumer, Context, Outcome, Publisher, RetryPolicy, Settings, Worker
-from postdate import dispatch as dispatch_module
-from postdate.dispatch import Dispatcher
+from postdate.consume import _dispatch as dispatch_module
+from postdate.consume._dispatch import Dispatcher
 from tests.helpers import Cleanup, Ping, command_for, eventually
 
 ACK_LOST = "ack lost: channel closed, will be redelivered"

@@ -22,9 +22,9 @@ from orders.reminders import Services, build_app
 from orders.settings import OrdersSettings
 from orders.store import OrderStore, ReminderOutcome
 from postdate import Outcome, Publisher, RetryPolicy, Settings, Worker, outbox
+from postdate.broker._topology import command_queue_topology
 from postdate.outbox import OutboxRelay
 from postdate.schedule import ScheduleStore, cancel_table
-from postdate.topology import command_queue_topology
 from tests.helpers import Cleanup, eventually
 from tests.integration.test_faults import wait_for_consumer
 

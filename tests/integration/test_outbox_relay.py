@@ -20,11 +20,11 @@ from aio_pika.abc import AbstractRobustConnection
 from orders.commands import ExpireReservation, expire_message_id
 from orders.store import OrderStore
 from postdate import Publisher, Settings, outbox
-from postdate.clock import to_epoch_ms
-from postdate.envelope import DUE
+from postdate._clock import to_epoch_ms
+from postdate.broker._topology import command_queue_topology
+from postdate.delay._routing import LADDER_LEAD
 from postdate.outbox import OutboxRelay, OutboxRow, RelayHooks
-from postdate.scheduling import LADDER_LEAD
-from postdate.topology import command_queue_topology
+from postdate.publish._envelope import DUE
 from tests.helpers import Cleanup, collect, queue_depth
 from tests.integration.orders_fixtures import READY, STAGES, Database, relay_child_command
 

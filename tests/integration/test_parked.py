@@ -1,4 +1,4 @@
-"""Runs on a parked queue (postdate.parked): what one run reads, another sees whole."""
+"""Runs on a parked queue (postdate.parking._parked): what one run reads, another sees whole."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import asyncio
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from postdate.parked import Copy, delete_parked, move_parked, read_parked
-from postdate.publisher import Publisher
-from postdate.topology import QueueSpec, Topology, parking
+from postdate.broker._topology import QueueSpec, Topology, parking
+from postdate.parking._parked import Copy, delete_parked, move_parked, read_parked
+from postdate.publish._publisher import Publisher
 from tests.helpers import Cleanup, queue_depth
 
 PARKED = 300

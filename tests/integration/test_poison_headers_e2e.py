@@ -14,10 +14,10 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection, HeadersType
 
 from postdate import Consumer, Context, Outcome, Reason, RetryPolicy, Settings
-from postdate.clock import to_epoch_ms
-from postdate.envelope import ATTEMPT, DUE, QUEUE, SCHEMA
-from postdate.poison import ATTEMPTS, ERROR_TYPE, ORIGIN_QUEUE, REASON
-from postdate.topology import poison_queue
+from postdate._clock import to_epoch_ms
+from postdate.broker._topology import poison_queue
+from postdate.parking._poison import ATTEMPTS, ERROR_TYPE, ORIGIN_QUEUE, REASON
+from postdate.publish._envelope import ATTEMPT, DUE, QUEUE, SCHEMA
 from tests.helpers import (
     Cleanup,
     Ping,

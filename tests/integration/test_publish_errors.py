@@ -13,7 +13,7 @@ import pytest
 import yarl
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate.errors import (
+from postdate._errors import (
     BrokerUnavailable,
     DelayError,
     PublisherNotStarted,
@@ -21,10 +21,10 @@ from postdate.errors import (
     PublishReturned,
     PublishUnencodable,
 )
-from postdate.publisher import Publisher
-from postdate.scheduling import LADDER_LEAD, When
-from postdate.settings import Settings
-from postdate.topology import command_queue_topology
+from postdate._settings import Settings
+from postdate.broker._topology import command_queue_topology
+from postdate.delay._routing import LADDER_LEAD, When
+from postdate.publish._publisher import Publisher
 from tests.helpers import Cleanup, Ping, command_for, ladder_depths, queue_depth
 
 

@@ -19,11 +19,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from postdate import Consumer, Context, Outcome, Publisher, Settings, Worker, outbox
-from postdate.envelope import Envelope
-from postdate.errors import CancelTooLate, CommandCancelled, UnknownCommand
+from postdate._errors import CancelTooLate, CommandCancelled, UnknownCommand
+from postdate.delay._routing import LADDER_LEAD
 from postdate.outbox import OutboxRelay
+from postdate.publish._envelope import Envelope
 from postdate.schedule import STALE_AFTER_SECONDS, CancelStatus, ScheduleStore, cancel_in, history
-from postdate.scheduling import LADDER_LEAD
 from tests.helpers import Cleanup, Ping, command_for, eventually
 from tests.integration.orders_fixtures import Database
 

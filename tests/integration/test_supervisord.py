@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from orders.commands import expire_command_for
 from postdate import Publisher, Settings
-from postdate.topology import command_queue_topology
+from postdate.broker._topology import command_queue_topology
 from tests.helpers import Cleanup, collect, eventually
 from tests.integration.test_faults import wait_for_consumer
 

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from aio_pika.abc import AbstractRobustConnection
 
 from postdate import Consumer, Context, Outcome, Worker
-from postdate.envelope import Envelope
-from postdate.publisher import Publisher
-from postdate.settings import Settings
-from postdate.topology import Names, command_queue_topology
-from postdate.unroutable import count_unroutable, redeliver_unroutable
+from postdate._settings import Settings
+from postdate.broker._topology import Names, command_queue_topology
+from postdate.parking._unroutable import count_unroutable, redeliver_unroutable
+from postdate.publish._envelope import Envelope
+from postdate.publish._publisher import Publisher
 from tests.helpers import (
     Cleanup,
     Ping,

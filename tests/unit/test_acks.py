@@ -10,8 +10,8 @@ from aiormq.abc import AbstractChannel
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postdate import acks as acks_module
-from postdate.acks import AckFrame, AckLedger, Acks
+from postdate.consume import _acks as acks_module
+from postdate.consume._acks import AckFrame, AckLedger, Acks
 
 
 def test_a_run_from_the_floor_goes_as_one_multiple_ack() -> None:

@@ -12,17 +12,18 @@ import pytest
 import structlog.testing
 from pamqp.common import FieldTable
 
-from postdate import ladder, plugin
-from postdate.backend import LADDER, PLUGIN, decide, probe_name
+from postdate._command import Command
+from postdate._errors import ConfigError, DelayError
+from postdate._settings import BackendName, Settings
+from postdate.broker._declare import to_definitions, wanted_arguments
+from postdate.broker._topology import ExchangeType, Names, command_queue_topology
 from postdate.cli.common import load_app, topology_of
-from postdate.command import Command
-from postdate.declare import to_definitions, wanted_arguments
-from postdate.envelope import BROKER_HEADERS, DELAY, Envelope, without_broker_headers
-from postdate.errors import ConfigError, DelayError
-from postdate.scheduling import LADDER_LEAD, PLAN_LEEWAY, Route, plan
-from postdate.settings import BackendName, Settings
-from postdate.topology import ExchangeType, Names, command_queue_topology
-from postdate.wire import encode_table
+from postdate.delay import _ladder as ladder
+from postdate.delay import _plugin as plugin
+from postdate.delay._backend import LADDER, PLUGIN, decide, probe_name
+from postdate.delay._routing import LADDER_LEAD, PLAN_LEEWAY, Route, plan
+from postdate.publish._envelope import BROKER_HEADERS, DELAY, Envelope, without_broker_headers
+from postdate.publish._wire import encode_table
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, 300_000, tzinfo=UTC)
 NAMES = Names("p")

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postdate.clock import from_epoch_ms, sleep_until, to_epoch_ms
-from postdate.command import Command
-from postdate.envelope import DUE, Envelope
+from postdate._clock import from_epoch_ms, sleep_until, to_epoch_ms
+from postdate._command import Command
+from postdate.publish._envelope import DUE, Envelope
 
 
 class Ping(Command, queue="clock.ping"):

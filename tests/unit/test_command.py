@@ -5,8 +5,8 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from postdate.command import MAX_QUEUE_LENGTH, Command, validate_queue_name
-from postdate.errors import CommandDefinitionError
+from postdate._command import MAX_QUEUE_LENGTH, Command, validate_queue_name
+from postdate._errors import CommandDefinitionError
 
 
 class Cancel(Command, queue="orders.cancel"):

@@ -11,9 +11,9 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractRobustChannel
 
-from postdate.confirm import ConfirmedChannel, Outgoing, Plan
-from postdate.errors import PostdateError, PublishTimeout
-from postdate.scheduling import to_queue
+from postdate._errors import PostdateError, PublishTimeout
+from postdate.delay._routing import to_queue
+from postdate.publish._confirm import ConfirmedChannel, Outgoing, Plan
 
 
 class Connection:

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import structlog
 
-from postdate.command import Command
-from postdate.context import Context
-from postdate.envelope import Envelope
-from postdate.errors import DelayError
-from postdate.scheduling import When
+from postdate._command import Command
+from postdate._errors import DelayError
+from postdate.consume._context import Context
+from postdate.delay._routing import When
+from postdate.publish._envelope import Envelope
 
 DUE_AT = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 AT = datetime(2030, 6, 1, 8, 30, tzinfo=UTC)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from postdate.declare import merge_definitions, to_definitions
-from postdate.topology import command_queue_topology, ladder_topology
+from postdate.broker._declare import merge_definitions, to_definitions
+from postdate.broker._topology import command_queue_topology, ladder_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ from uuid import UUID
 
 import aio_pika
 
-from postdate.clock import from_epoch_ms, to_epoch_ms
-from postdate.command import Command
-from postdate.envelope import (
+from postdate._clock import from_epoch_ms, to_epoch_ms
+from postdate._command import Command
+from postdate.publish._envelope import (
     ATTEMPT,
     DUE,
     QUEUE,

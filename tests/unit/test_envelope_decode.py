@@ -11,8 +11,8 @@ import pytest
 from aio_pika.abc import HeadersType
 from pamqp import commands, header
 
-from postdate.command import Command
-from postdate.envelope import Envelope
+from postdate._command import Command
+from postdate.publish._envelope import Envelope
 
 DUE_AT = datetime(2030, 5, 17, 8, 30, 15, 123_000, tzinfo=UTC)
 

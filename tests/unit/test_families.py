@@ -1,4 +1,4 @@
-"""postdate.families writes the samples prometheus_client writes for the same metric, and
+"""postdate.observe._families writes the samples prometheus_client writes for the same metric, and
 counts what its children are given."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from postdate.families import CounterFamily, GaugeFamily, HistogramFamily
+from postdate.observe._families import CounterFamily, GaugeFamily, HistogramFamily
 
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 OBSERVED = (0.0, 0.003, 0.01, 0.0100001, 0.7, 2, 59.9, 60, 61, 1e9, math.inf, -1.0)

@@ -1,4 +1,4 @@
-"""A worker process's garbage collector settings (postdate.heap)."""
+"""A worker process's garbage collector settings (postdate.consume._heap)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from postdate import heap
+from postdate.consume import _heap as heap
 
 
 @pytest.fixture

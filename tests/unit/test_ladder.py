@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postdate import ladder
-from postdate.command import MAX_QUEUE_LENGTH
-from postdate.errors import DelayError
+from postdate._command import MAX_QUEUE_LENGTH
+from postdate._errors import DelayError
+from postdate.delay import _ladder as ladder
 
 LONGEST_QUEUE = ".".join(["q" * 59] * 3)  # 179 bytes, and one more word below
 NOW = datetime(2030, 1, 1, 12, 0, 0, 250_000, tzinfo=UTC)

@@ -18,16 +18,16 @@ import pytest
 import structlog
 import structlog.testing
 
-from postdate import logs
-from postdate.logs import TurnFlushedLogger
+from postdate.observe import _logs as logs
+from postdate.observe._logs import TurnFlushedLogger
 
 SCRIPT = """
 import logging
 from datetime import UTC, datetime
 from uuid import UUID
 import structlog
-from postdate.logs import configure_logging, emit, get_logger
-from postdate.outcomes import Outcome
+from postdate.observe._logs import configure_logging, emit, get_logger
+from postdate._outcomes import Outcome
 
 configure_logging()
 log = get_logger("test")

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import REGISTRY
 
-from postdate import MetricsPortUnavailable, metrics
-from postdate.health import Heartbeat, Probes, serve_health
+from postdate import MetricsPortUnavailable
+from postdate.observe import _metrics as metrics
+from postdate.observe._health import Heartbeat, Probes, serve_health
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from orders.domain import EXPIRY_SLACK, InvalidTransition, Order, OrderStatus
 from orders.payments import RecordingGateway, Refund
 from orders.settings import OrdersSettings
 from orders.store import ReminderEntry, ReminderOutcome
-from postdate.errors import CommandDefinitionError
+from postdate._errors import CommandDefinitionError
+from postdate.broker._topology import Names
+from postdate.delay._routing import plan
 from postdate.outbox import OutboxRow, envelope_for_row
-from postdate.scheduling import plan
-from postdate.topology import Names
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 

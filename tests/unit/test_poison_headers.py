@@ -13,9 +13,8 @@ import pamqp.encode
 import pytest
 from aio_pika.abc import HeadersType
 
-from postdate.envelope import ATTEMPT, BROKER_HEADERS, DUE, QUEUE, SCHEMA
-from postdate.outcomes import Reason
-from postdate.poison import (
+from postdate._outcomes import Reason
+from postdate.parking._poison import (
     ATTEMPTS,
     CONSUMER,
     ERROR_MESSAGE,
@@ -34,6 +33,7 @@ from postdate.poison import (
     safe_repr,
     safe_str,
 )
+from postdate.publish._envelope import ATTEMPT, BROKER_HEADERS, DUE, QUEUE, SCHEMA
 
 NOW = datetime(2030, 1, 1, 0, 0, 0, 123_000, tzinfo=UTC)
 NOW_MS = 1_893_456_000_123

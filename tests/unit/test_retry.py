@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from postdate import InvalidArgument
-from postdate.retry import RetryPolicy
-from postdate.topology import DEFAULT_RETRY_TIERS
+from postdate.broker._topology import DEFAULT_RETRY_TIERS
+from postdate.consume._retry import RetryPolicy
 
 S10 = timedelta(seconds=10)
 M1 = timedelta(minutes=1)

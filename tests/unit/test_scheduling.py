@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pydantic
 import pytest
 
-from postdate import ladder
-from postdate.command import Command
-from postdate.envelope import Envelope
-from postdate.errors import DelayError, InvalidArgument
-from postdate.publisher import Publisher
-from postdate.scheduling import LADDER_LEAD, Route, When, due_time, plan
-from postdate.settings import Settings
-from postdate.topology import Names
+from postdate._command import Command
+from postdate._errors import DelayError, InvalidArgument
+from postdate._settings import Settings
+from postdate.broker._topology import Names
+from postdate.delay import _ladder as ladder
+from postdate.delay._routing import LADDER_LEAD, Route, When, due_time, plan
+from postdate.publish._envelope import Envelope
+from postdate.publish._publisher import Publisher
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, 300_000, tzinfo=UTC)
 LEAD_S = int(LADDER_LEAD.total_seconds())

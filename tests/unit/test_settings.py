@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from postdate.errors import ConfigError
-from postdate.settings import DEFAULT_URL, Settings
+from postdate._errors import ConfigError
+from postdate._settings import DEFAULT_URL, Settings
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,9 @@ import pytest
 from aio_pika.abc import HeadersType
 from pydantic import ValidationError
 
-from postdate.clock import to_epoch_ms
-from postdate.command import Command
-from postdate.envelope import ATTEMPT, BROKER_HEADERS, DUE, QUEUE, SCHEMA, Envelope
-from postdate.errors import (
+from postdate._clock import to_epoch_ms
+from postdate._command import Command
+from postdate._errors import (
     DelayError,
     InvalidMessage,
     PublishInterrupted,
@@ -22,10 +21,10 @@ from postdate.errors import (
     PublishReturned,
     PublishTimeout,
 )
-from postdate.outcomes import Outcome, Reason, Retry, Skip
-from postdate.poison import ATTEMPTS, ERROR_MESSAGE, ERROR_TYPE, FAILED_AT, ORIGIN_QUEUE, REASON
-from postdate.retry import RetryPolicy
-from postdate.settle import (
+from postdate._outcomes import Outcome, Reason, Retry, Skip
+from postdate.broker._topology import poison_queue, retry_queue
+from postdate.consume._retry import RetryPolicy
+from postdate.consume._settle import (
     LAST_ERROR,
     LAST_ERROR_CHARS,
     Decision,
@@ -38,7 +37,15 @@ from postdate.settle import (
     after_failed_publish,
     decide,
 )
-from postdate.topology import poison_queue, retry_queue
+from postdate.parking._poison import (
+    ATTEMPTS,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    FAILED_AT,
+    ORIGIN_QUEUE,
+    REASON,
+)
+from postdate.publish._envelope import ATTEMPT, BROKER_HEADERS, DUE, QUEUE, SCHEMA, Envelope
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 DUE_AT = datetime(2030, 1, 1, 11, 59, 0, tzinfo=UTC)

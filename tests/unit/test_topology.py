@@ -11,10 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postdate import ladder
-from postdate.declare import to_definitions
-from postdate.scheduling import Route, route
-from postdate.topology import (
+from postdate.broker._declare import to_definitions
+from postdate.broker._topology import (
     PARKING_DELIVERY_LIMIT,
     BindingSpec,
     ExchangeType,
@@ -24,6 +22,8 @@ from postdate.topology import (
     command_queue_topology,
     ladder_topology,
 )
+from postdate.delay import _ladder as ladder
+from postdate.delay._routing import Route, route
 
 PREFIXES = ["postdate", "a.b-c.d_e.f9"]  # one word, and the longest allowed: 4 words
 

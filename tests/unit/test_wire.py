@@ -11,10 +11,10 @@ import aiormq
 import pamqp.encode
 import pytest
 
-from postdate import ladder
-from postdate.command import Command
-from postdate.envelope import Envelope, new_message_id
-from postdate.wire import PublishProperties, encode_table
+from postdate._command import Command
+from postdate.delay import _ladder as ladder
+from postdate.publish._envelope import Envelope, new_message_id
+from postdate.publish._wire import PublishProperties, encode_table
 
 Stock = aiormq.spec.Basic.Properties
 DUE_AT = dt.datetime(2030, 5, 17, 8, 30, 15, 123_456, tzinfo=dt.UTC)

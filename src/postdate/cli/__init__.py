@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
+from postdate._errors import PostdateError
+from postdate._version import __version__
 from postdate.cli import poison, schedule, status, topology, unroutable, worker
-from postdate.errors import PostdateError
 
 app = typer.Typer(help="Send commands into the future on RabbitMQ.", no_args_is_help=True)
 app.command()(worker.worker)
@@ -16,6 +18,28 @@ app.add_typer(topology.app, name="topology")
 app.add_typer(poison.app, name="poison")
 app.add_typer(unroutable.app, name="unroutable")
 app.add_typer(schedule.app, name="schedule")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"postdate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Send commands into the future on RabbitMQ."""
+
 
 __all__ = ["app", "main"]
 

@@ -20,13 +20,13 @@ from aio_pika.abc import AbstractConnection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from postdate.connection import connect_plain
-from postdate.consumer import Consumer
-from postdate.errors import InvalidArgument, PostdateError
-from postdate.logs import configure_logging
-from postdate.plugin import plugin_topology
-from postdate.settings import BackendName, Settings
-from postdate.topology import Topology, ladder_topology
+from postdate._errors import InvalidArgument, PostdateError
+from postdate._settings import BackendName, Settings
+from postdate.broker._connection import connect_plain
+from postdate.broker._topology import Topology, ladder_topology
+from postdate.consume._consumer import Consumer
+from postdate.delay._plugin import plugin_topology
+from postdate.observe._logs import configure_logging
 
 T = TypeVar("T")
 

@@ -18,10 +18,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from postdate._errors import CancelTooLate, CommandCancelled, UnknownCommand
+from postdate._settings import Settings
 from postdate.cli.common import CLI_CONNECT_TIMEOUT, fail, run_async
-from postdate.errors import CancelTooLate, CommandCancelled, UnknownCommand
 from postdate.schedule import ScheduleStore, make_engine
-from postdate.settings import Settings
 
 T = TypeVar("T")
 

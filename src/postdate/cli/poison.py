@@ -1,7 +1,7 @@
 """`postdate poison`: list, show, replay or purge parked messages, by filter.
 
 Each run handles the messages parked when it started, once; what it reads is given
-back when it ends (see :mod:`postdate.parked`).
+back when it ends (see :mod:`postdate.parking._parked`).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from postdate._settings import Settings
 from postdate.cli.common import (
     EXIT_FOUND_NOTHING,
     Json,
@@ -21,11 +22,16 @@ from postdate.cli.common import (
     progress_bar,
     run_async,
 )
-from postdate.parked import MAX_HELD, Tally
-from postdate.poison import PoisonEntry
-from postdate.publisher import Publisher
-from postdate.settings import Settings
-from postdate.triage import PoisonFilter, list_poison, parking_of, purge_poison, replay_poison
+from postdate.parking._parked import MAX_HELD, Tally
+from postdate.parking._poison import PoisonEntry
+from postdate.parking._triage import (
+    PoisonFilter,
+    list_poison,
+    parking_of,
+    purge_poison,
+    replay_poison,
+)
+from postdate.publish._publisher import Publisher
 
 app = typer.Typer(help="List, show, replay or purge parked messages.")
 

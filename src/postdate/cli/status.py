@@ -11,6 +11,10 @@ import typer
 from aio_pika.abc import AbstractConnection
 from rich.console import Console
 
+from postdate._settings import Settings
+from postdate.broker._declare import queue_states
+from postdate.broker._registry import registered
+from postdate.broker._topology import Names, poison_queue, retry_queue
 from postdate.cli.common import (
     EXIT_FOUND_NOTHING,
     AppSpec,
@@ -20,12 +24,8 @@ from postdate.cli.common import (
     print_json,
     run_async,
 )
-from postdate.consumer import Consumer
-from postdate.declare import queue_states
-from postdate.ladder import LEVELS
-from postdate.registry import registered
-from postdate.settings import Settings
-from postdate.topology import Names, poison_queue, retry_queue
+from postdate.consume._consumer import Consumer
+from postdate.delay._ladder import LEVELS
 
 
 @dataclass

@@ -20,6 +20,19 @@ import aiormq
 import typer
 from aio_pika.abc import AbstractConnection
 
+from postdate._errors import PostdateError
+from postdate._settings import Settings
+from postdate.broker._declare import (
+    QueueState,
+    declare_topology,
+    delete_topology,
+    existing_exchanges,
+    merge_definitions,
+    queue_states,
+    to_definitions,
+)
+from postdate.broker._registry import register, unregister
+from postdate.broker._topology import Topology, ladder_topology
 from postdate.cli.common import (
     EXIT_ERROR,
     EXIT_FOUND_NOTHING,
@@ -32,19 +45,6 @@ from postdate.cli.common import (
     shared_topology,
     topology_of,
 )
-from postdate.declare import (
-    QueueState,
-    declare_topology,
-    delete_topology,
-    existing_exchanges,
-    merge_definitions,
-    queue_states,
-    to_definitions,
-)
-from postdate.errors import PostdateError
-from postdate.registry import register, unregister
-from postdate.settings import Settings
-from postdate.topology import Topology, ladder_topology
 
 app = typer.Typer(help="Declare, delete, show or export the broker topology.")
 

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from postdate._settings import Settings
+from postdate.broker._topology import Names
 from postdate.cli.common import (
     EXIT_FOUND_NOTHING,
     Json,
@@ -16,10 +18,8 @@ from postdate.cli.common import (
     progress_bar,
     run_async,
 )
-from postdate.publisher import Publisher
-from postdate.settings import Settings
-from postdate.topology import Names
-from postdate.unroutable import Redelivery, count_unroutable, redeliver_unroutable
+from postdate.parking._unroutable import Redelivery, count_unroutable, redeliver_unroutable
+from postdate.publish._publisher import Publisher
 
 app = typer.Typer(help="Commands whose queue did not exist at delivery time.")
 

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from postdate import heap
+from postdate._settings import Settings
 from postdate.cli.common import load_app, run_async
-from postdate.logs import configure_logging
-from postdate.settings import Settings
-from postdate.worker import Worker
+from postdate.consume import _heap as heap
+from postdate.consume._worker import Worker
+from postdate.observe._logs import configure_logging
 
 
 def worker(

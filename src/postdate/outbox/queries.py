@@ -9,8 +9,8 @@ from sqlalchemy import BigInteger, Table, and_, case, delete, func, literal, sel
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from postdate.clock import require_aware, to_epoch_ms
-from postdate.errors import InvalidArgument
+from postdate._clock import require_aware, to_epoch_ms
+from postdate._errors import InvalidArgument
 from postdate.outbox.schema import OutboxRow, not_cancelled, outbox_table
 
 

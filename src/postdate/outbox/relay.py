@@ -11,11 +11,11 @@ from typing import Any
 from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from postdate.envelope import Envelope
-from postdate.errors import InvalidArgument
-from postdate.logs import get_logger
+from postdate._errors import InvalidArgument
+from postdate.observe._logs import get_logger
 from postdate.outbox.schema import OutboxRow, not_cancelled, outbox_table
-from postdate.publisher import Publisher
+from postdate.publish._envelope import Envelope
+from postdate.publish._publisher import Publisher
 
 log = get_logger(__name__)
 

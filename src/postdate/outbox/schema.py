@@ -23,7 +23,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
-from postdate.clock import require_aware
+from postdate._clock import require_aware
 
 TABLE_NAME = "postdate_outbox"
 

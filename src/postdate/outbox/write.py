@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from postdate.clock import to_epoch_ms
-from postdate.command import Command, require_command
+from postdate._clock import to_epoch_ms
+from postdate._command import Command, require_command
+from postdate.delay._routing import When, due_time
 from postdate.outbox.schema import outbox_table
-from postdate.scheduling import When, due_time
 
 
 def _values(

@@ -21,7 +21,7 @@ from sqlalchemy import insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from postdate.logs import get_logger
+from postdate.observe._logs import get_logger
 from postdate.schedule.tables import history_table
 
 log = get_logger(__name__)

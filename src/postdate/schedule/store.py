@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from postdate.clock import require_aware, to_epoch_ms
-from postdate.errors import CancelTooLate, CommandCancelled, InvalidArgument, UnknownCommand
+from postdate._clock import require_aware, to_epoch_ms
+from postdate._errors import CancelTooLate, CommandCancelled, InvalidArgument, UnknownCommand
+from postdate.delay._routing import When, due_time
 from postdate.outbox.queries import get
 from postdate.outbox.schema import OutboxRow, outbox_metadata, outbox_table
 from postdate.schedule import views
@@ -26,7 +27,6 @@ from postdate.schedule.records import (
     Trimmed,
 )
 from postdate.schedule.watch import CancelWatch
-from postdate.scheduling import When, due_time
 
 CANCEL_CHUNK = 1000  # ids per cancel transaction (each waits for the workers once)
 

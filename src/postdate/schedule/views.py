@@ -11,8 +11,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from postdate.clock import require_aware
-from postdate.errors import InvalidArgument
+from postdate._clock import require_aware
+from postdate._errors import InvalidArgument
 from postdate.outbox.queries import epoch_ms, row_filters
 from postdate.outbox.schema import not_cancelled, outbox_table
 from postdate.schedule.records import (

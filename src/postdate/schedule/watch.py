@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from postdate.clock import to_epoch_ms
-from postdate.logs import get_logger
-from postdate.outcomes import Outcome
+from postdate._clock import to_epoch_ms
+from postdate._outcomes import Outcome
+from postdate.observe._logs import get_logger
 from postdate.schedule.cancels import Sessions
 from postdate.schedule.history import Row, insert_history
 from postdate.schedule.tables import cancel_table, watcher_table
