@@ -145,7 +145,9 @@ class Dispatcher:
             await self._publish(context.follow_ups)
 
     async def _publish(self, envelopes: list[Envelope]) -> None:
-        raise_first(await self.publisher.publish_each(envelopes))
+        # Never declares a queue: its name comes from a message (a header anyone who can
+        # publish may set), so a missing one's commands go to the catch-all queue.
+        raise_first(await self.publisher.publish_each(envelopes, declare_queues=False))
 
     async def _settle(
         self,

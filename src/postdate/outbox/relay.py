@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from postdate._errors import InvalidArgument
 from postdate.observe._logs import get_logger
-from postdate.outbox.schema import OutboxRow, not_cancelled, outbox_table
+from postdate.outbox.schema import OutboxRow, not_cancelled, not_held, outbox_table
 from postdate.publish._envelope import Envelope
 from postdate.publish._publisher import Publisher
 
@@ -191,7 +191,7 @@ async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: fl
 async def _pending(session: AsyncSession, limit: int, *, lock: bool) -> list[OutboxRow]:
     query: Select[Any] = (
         select(outbox_table)
-        .where(outbox_table.c.sent_at.is_(None), not_cancelled())
+        .where(outbox_table.c.sent_at.is_(None), not_cancelled(), not_held(datetime.now(UTC)))
         # rows whose publish failed before go last, so they cannot starve the others
         .order_by(outbox_table.c.attempts, outbox_table.c.id)
         .limit(limit)

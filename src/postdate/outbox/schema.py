@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
     exists,
 )
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
@@ -94,6 +94,9 @@ Index("ix_postdate_outbox_due", outbox_table.c.due_ms)
 Index("ix_postdate_outbox_correlation", outbox_table.c.correlation_id, outbox_table.c.due_ms)
 
 # A cancelled command's tombstone (postdate.schedule): the relay skips its outbox row.
+# Workers read the tombstones newer than the last id they saw, so an id must never come
+# back: on SQLite a plain INTEGER PRIMARY KEY hands out the highest id again once it was
+# deleted (trim), AUTOINCREMENT never does.
 cancel_table = Table(
     "postdate_cancel",
     outbox_metadata,
@@ -102,12 +105,70 @@ cancel_table = Table(
     Column("requested_at", UTCDateTime(), nullable=False),
     Column("reason", Text, nullable=False, default=""),
     Column("too_late_by", String(255), nullable=True),
+    sqlite_autoincrement=True,
+)
+
+# An outbox row the relay must not publish yet: the copy a reschedule wrote, until the
+# old command's fate is settled. A hold past ``expires_at`` (its writer crashed) is
+# ignored: the copy goes out, a duplicate at worst, never a loss.
+hold_table = Table(
+    "postdate_hold",
+    outbox_metadata,
+    Column("message_id", String(255), primary_key=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
 )
 
 
 def not_cancelled() -> ColumnElement[bool]:
     """Outbox rows without a tombstone."""
     return ~exists().where(cancel_table.c.message_id == outbox_table.c.message_id)
+
+
+def not_held(now: datetime) -> ColumnElement[bool]:
+    """Outbox rows without a hold that is still in force at ``now``."""
+    return ~exists().where(
+        hold_table.c.message_id == outbox_table.c.message_id, hold_table.c.expires_at > now
+    )
+
+
+def create_tables(connection: Connection) -> None:
+    """Create the outbox and schedule tables that are missing, and upgrade a SQLite
+    tombstone table made before its ids were AUTOINCREMENT (``connection.run_sync``)."""
+    if cancel_ids_reusable(connection):
+        _upgrade_cancel_ids(connection)
+    outbox_metadata.create_all(connection)
+
+
+def cancel_ids_reusable(connection: Connection) -> bool:
+    """Whether the tombstone table is a SQLite one whose ids can come back after a trim."""
+    if connection.dialect.name != "sqlite":
+        return False
+    found = connection.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (cancel_table.name,)
+    ).scalar()
+    return found is not None and "AUTOINCREMENT" not in str(found).upper()
+
+
+def _upgrade_cancel_ids(connection: Connection) -> None:
+    """Rebuild the tombstone table with AUTOINCREMENT ids, keeping every row, and start
+    its ids above any a worker has already seen."""
+    old, columns = f"{cancel_table.name}_before_upgrade", ", ".join(cancel_table.c.keys())
+    connection.exec_driver_sql(f"ALTER TABLE {cancel_table.name} RENAME TO {old}")
+    cancel_table.create(connection)
+    connection.exec_driver_sql(
+        f"INSERT INTO {cancel_table.name} ({columns}) SELECT {columns} FROM {old}"
+    )
+    connection.exec_driver_sql(f"DROP TABLE {old}")
+    seen = "SELECT max(seen_cancel_id) FROM postdate_watcher"
+    if not connection.dialect.has_table(connection, "postdate_watcher"):
+        seen = "SELECT 0"
+    # sqlite_sequence has no key: one row per table, replaced by hand
+    connection.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = ?", (cancel_table.name,))
+    connection.exec_driver_sql(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES (?, max("
+        f"coalesce((SELECT max(id) FROM {cancel_table.name}), 0), coalesce(({seen}), 0)))",
+        (cancel_table.name,),
+    )
 
 
 @dataclass(frozen=True)

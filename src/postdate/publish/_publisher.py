@@ -209,7 +209,9 @@ class Publisher:
         raise_first(await self.publish_each(envelopes))
         return [envelope.message_id for envelope in envelopes]
 
-    async def publish_each(self, envelopes: Sequence[Envelope]) -> list[PostdateError | None]:
+    async def publish_each(
+        self, envelopes: Sequence[Envelope], *, declare_queues: bool = True
+    ) -> list[PostdateError | None]:
         """Publish envelopes towards their queues at their due times, pipelining confirms.
 
         The delay of each (through the publisher's backend) is the time left until its
@@ -222,7 +224,10 @@ class Publisher:
         The first publish to a queue makes sure the queue exists: a command queue no
         worker has declared yet (the first deploy) is declared, with its poison queue,
         as its worker declares it, and a warning is logged. The plugin backend then binds
-        it on its exchange (the plugin cannot honour ``mandatory``).
+        it on its exchange (the plugin cannot honour ``mandatory``). With
+        ``declare_queues=False`` (a worker's paths: the queue is named by a message, not by
+        the application) nothing is declared: a command for a missing queue goes to the
+        catch-all queue through the ladder's deliver exchange.
 
         Raises:
             PublisherNotStarted: not started, or closed.
@@ -234,10 +239,10 @@ class Publisher:
         """
         queues = {envelope.queue for envelope in envelopes}
         if self._unregistered or not queues <= self._queues_seen:  # else nothing to ensure
-            await self._ensure_queues(queues)
+            await self._ensure_queues(queues, declare_queues)
         return await self._confirmed([self._plan(envelope) for envelope in envelopes])
 
-    async def _ensure_queues(self, queues: set[str]) -> None:
+    async def _ensure_queues(self, queues: set[str], declare: bool = True) -> None:
         new = queues - self._queues_seen
         if not new and not self._unregistered:
             return
@@ -245,7 +250,7 @@ class Publisher:
             raise PublisherNotStarted("Publisher is not started: use `async with Publisher(...)`")
         try:
             async with asyncio.timeout(self.settings.publish_timeout):
-                await self._declare_missing(self._connection, new)
+                await self._declare_missing(self._connection, new, declare)
         except TimeoutError:
             raise PublishTimeout(
                 f"could not make sure queue(s) {sorted(new)} exist within "
@@ -253,8 +258,16 @@ class Publisher:
             ) from None
         await self._register(self._connection)
 
-    async def _declare_missing(self, connection: AbstractRobustConnection, new: set[str]) -> None:
+    async def _declare_missing(
+        self, connection: AbstractRobustConnection, new: set[str], declare: bool
+    ) -> None:
         missing = [queue for queue in sorted(new) if not await queue_exists(connection, queue)]
+        if missing and not declare:
+            # The ladder's deliver exchange sends them to the catch-all queue; the plugin,
+            # which cannot, refuses them here (PublishReturned). Looked at again next time.
+            await self.backend.prepare(connection, self.settings.prefix, new)
+            self._queues_seen |= new - set(missing)
+            return
         if missing and not await exchange_exists(connection, self.names.deliver):
             # No ladder: a ladder publish is returned, and its error says to declare it;
             # the plugin's, not mandatory, is refused here (a missing queue is not bound).

@@ -20,16 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from postdate._clock import to_epoch_ms
+from postdate.outbox.schema import outbox_table
+from postdate.schedule.history import insert_history
 from postdate.schedule.records import FINAL_OUTCOMES, CancelResult, CancelStatus
 from postdate.schedule.tables import cancel_table, history_table, watcher_table
 
 Sessions = Callable[[], AsyncSession]
+# Runs in the tombstones' transaction with the ids that got a tombstone there.
+WithTombstones = Callable[[AsyncSession, list[str]], Awaitable[None]]
+UNPUBLISHED_WORKER = "(not published)"  # the history row of a cancel before the relay
 
 # A worker that has not said it is alive for this long does not hold up a cancel (it
 # also starts no handler before it has read the tombstones again).
@@ -52,13 +58,39 @@ async def cancel_in(session: AsyncSession, message_ids: Sequence[str], reason: s
     await serialize_cancels(session)
     already = await _tombstoned(session, ids)
     fresh = [mid for mid in ids if mid not in already]
+    await _write_tombstones(session, fresh, reason)
+    return len(fresh)
+
+
+async def _write_tombstones(session: AsyncSession, ids: Sequence[str], reason: str) -> None:
+    """Tombstones for ``ids``, and a ``cancelled`` outcome for those the relay has not
+    published (no worker will ever see them to record one)."""
     now = datetime.now(UTC)
-    for chunk in _chunks(fresh):
+    for chunk in _chunks(ids):
         await session.execute(
             insert(cancel_table),
             [{"message_id": mid, "requested_at": now, "reason": reason} for mid in chunk],
         )
-    return len(fresh)
+    await _record_unpublished(session, ids, reason, now)
+
+
+async def _record_unpublished(
+    session: AsyncSession, ids: Sequence[str], reason: str, now: datetime
+) -> None:
+    table = outbox_table
+    for chunk in _chunks(ids):
+        found = await session.execute(
+            select(table.c.message_id, table.c.queue, table.c.type, table.c.correlation_id).where(
+                table.c.message_id.in_(chunk), table.c.sent_at.is_(None)
+            )
+        )
+        at_ms, who = to_epoch_ms(now), UNPUBLISHED_WORKER
+        rows = [
+            (mid, queue, kind, correlation, 0, "cancelled", reason, now, at_ms, who)
+            for mid, queue, kind, correlation in found
+        ]
+        if rows:
+            await insert_history(session, rows)
 
 
 async def cancel_ids(
@@ -66,20 +98,19 @@ async def cancel_ids(
     message_ids: Sequence[str],
     reason: str,
     confirm_timeout: float = CONFIRM_TIMEOUT_SECONDS,
+    with_tombstones: WithTombstones | None = None,
 ) -> list[CancelResult]:
-    """Cancel ``message_ids`` (in that order in the result); see the module docstring."""
+    """Cancel ``message_ids`` (in that order in the result); see the module docstring.
+    ``with_tombstones`` runs in the tombstones' transaction, given the ids that got one."""
     ids = list(dict.fromkeys(message_ids))
     async with sessions() as session, session.begin():
         await serialize_cancels(session)
         finals = await _final_outcomes(session, ids)
         already = await _tombstoned(session, ids)
         fresh = [mid for mid in ids if mid not in finals and mid not in already]
-        now = datetime.now(UTC)
-        for chunk in _chunks(fresh):
-            await session.execute(
-                insert(cancel_table),
-                [{"message_id": mid, "requested_at": now, "reason": reason} for mid in chunk],
-            )
+        await _write_tombstones(session, fresh, reason)
+        if with_tombstones is not None:
+            await with_tombstones(session, fresh)
         last_id = await _last_cancel_id(session) if fresh else 0
     behind = await wait_for_watchers(sessions, last_id, confirm_timeout) if fresh else ()
     late, finals_now = await _late_marks(sessions, fresh)

@@ -6,14 +6,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from postdate._clock import require_aware, to_epoch_ms
+from postdate._clock import require_aware
 from postdate._errors import CancelTooLate, CommandCancelled, InvalidArgument, UnknownCommand
 from postdate.delay._routing import When, due_time
 from postdate.outbox.queries import get
-from postdate.outbox.schema import OutboxRow, outbox_metadata, outbox_table
+from postdate.outbox.schema import create_tables
 from postdate.schedule import views
 from postdate.schedule.cancels import CONFIRM_TIMEOUT_SECONDS, cancel_ids
 from postdate.schedule.engine import make_engine
@@ -26,9 +25,13 @@ from postdate.schedule.records import (
     Timeline,
     Trimmed,
 )
+from postdate.schedule.reschedule import HeldCopy, copy_values, settle_copy
 from postdate.schedule.watch import CancelWatch
 
 CANCEL_CHUNK = 1000  # ids per cancel transaction (each waits for the workers once)
+# A reschedule's copy is held for the cancel's wait plus this; then a relay publishes it
+# even if the rescheduling process died before releasing it.
+HOLD_MARGIN_SECONDS = 30.0
 
 
 class ScheduleStore:
@@ -63,10 +66,12 @@ class ScheduleStore:
         return store
 
     async def create_tables(self) -> None:
-        """Create the outbox and schedule tables that are missing (never alters one)."""
+        """Create the outbox and schedule tables that are missing, and upgrade a SQLite
+        tombstone table whose ids could come back after a trim (rebuilt in place, rows
+        kept); no other table is altered."""
         async with self.sessions() as session, session.begin():
             connection = await session.connection()
-            await connection.run_sync(outbox_metadata.create_all)
+            await connection.run_sync(create_tables)
 
     async def close(self) -> None:
         """Dispose of the engine :meth:`from_url` made (a given sessionmaker is the caller's)."""
@@ -154,8 +159,12 @@ class ScheduleStore:
         """Move a scheduled command to a new due time; returns the id it travels under now.
 
         The same command (type, body, correlation id) is written to the outbox under a new
-        message id, then the old one is cancelled (its tombstone says ``rescheduled as``
-        the new id). A crash in between leaves both: a duplicate at worst, never a loss.
+        message id in the transaction that cancels the old one (its tombstone says
+        ``rescheduled as`` the new id), held back from the relay until every worker has
+        seen the cancel. If the old command turned out to be running or handled, the copy
+        is cancelled before it was ever published: a refused reschedule runs nothing
+        twice. A crash before the hold is settled lets the hold expire, and the copy is
+        published then: a duplicate at worst, never a loss.
 
         Raises:
             UnknownCommand: ``message_id`` is not in the outbox.
@@ -173,16 +182,19 @@ class ScheduleStore:
         if cancelled_because is not None:
             why = f" ({cancelled_because})" if cancelled_because else ""
             raise CommandCancelled(f"{message_id} was cancelled{why}: nothing to reschedule")
-        new_id = str(uuid.uuid4())
-        async with self.sessions() as session, session.begin():
-            await session.execute(insert(outbox_table).values(**_copy(old, new_id, due, now)))
-        [result] = await self.cancel_many([message_id], reason=f"rescheduled as {new_id}")
-        if result.status is not CancelStatus.CANCELLED:  # handled, or cancelled meanwhile
-            await self.cancel_many([new_id], reason=f"reschedule of {message_id} failed")
-            if result.status is CancelStatus.ALREADY_CANCELLED:
-                raise CommandCancelled(f"{message_id} was cancelled: nothing to reschedule")
+        hold_until = now + timedelta(seconds=self.confirm_timeout + HOLD_MARGIN_SECONDS)
+        copy = HeldCopy(copy_values(old, str(uuid.uuid4()), due, now), hold_until)
+        reason = f"rescheduled as {copy.message_id}"
+        [result] = await cancel_ids(
+            self.sessions, [message_id], reason, self.confirm_timeout, copy.write
+        )
+        if copy.written:
+            await settle_copy(self.sessions, copy.message_id, message_id, result)
+        if result.status is CancelStatus.ALREADY_CANCELLED:
+            raise CommandCancelled(f"{message_id} was cancelled: nothing to reschedule")
+        if result.status is not CancelStatus.CANCELLED:
             raise CancelTooLate(f"{message_id} is {result.status}: {result.detail}", result)
-        return new_id
+        return copy.message_id
 
     async def upcoming(
         self,
@@ -283,17 +295,3 @@ class ScheduleStore:
         before = require_aware(now or datetime.now(UTC), "now=") - older_than
         async with self.sessions() as session, session.begin():
             return await views.trim(session, before)
-
-
-def _copy(row: OutboxRow, message_id: str, due: datetime, now: datetime) -> dict[str, object]:
-    return {
-        "message_id": message_id,
-        "queue": row.queue,
-        "type": row.type,
-        "body": row.body,
-        "due_at": due,
-        "due_ms": to_epoch_ms(due),
-        "correlation_id": row.correlation_id,
-        "created_at": now,
-        "attempts": 0,
-    }

@@ -19,11 +19,13 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from postdate._clock import to_epoch_ms
+from postdate._errors import ConfigError
 from postdate._outcomes import Outcome
 from postdate.observe._logs import get_logger
+from postdate.outbox.schema import cancel_ids_reusable
 from postdate.schedule.cancels import Sessions
-from postdate.schedule.history import Row, insert_history
-from postdate.schedule.tables import cancel_table, watcher_table
+from postdate.schedule.history import HISTORY_COLUMNS, Row, insert_history
+from postdate.schedule.tables import cancel_table, history_table, watcher_table
 
 log = get_logger(__name__)
 
@@ -72,9 +74,18 @@ class CancelWatch:
 
         Raises:
             sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or lacks the
-                tables (``outbox_metadata.create_all``).
+                tables (``ScheduleStore.create_tables``).
+            ConfigError: the SQLite tombstone table predates AUTOINCREMENT ids, so a
+                cancel after a trim could go unseen (``postdate schedule init`` upgrades it).
         """
         async with self.sessions() as session, session.begin():
+            connection = await session.connection()
+            if await connection.run_sync(cancel_ids_reusable):
+                raise ConfigError(
+                    f"{cancel_table.name} in the schedule database reuses ids after a trim, "
+                    "so cancels could go unseen: run `postdate schedule init` (or "
+                    "ScheduleStore.create_tables()) once to upgrade it in place"
+                )
             now = datetime.now(UTC)
             await session.execute(
                 insert(watcher_table).values(name=self.name, seen_cancel_id=0, beat_at=now)
@@ -204,7 +215,9 @@ class CancelWatch:
         # line sees them; one started before it is in self._started and marked late.
         self._cancelled.update(message_id for _, message_id in new)
         late = [cancel_id for cancel_id, message_id in new if message_id in self._started]
-        history = [row for _, row in outcomes if row is not None]
+        history = await _drop_recorded_cancels(
+            session, [row for _, row in outcomes if row is not None]
+        )
         if history:
             await insert_history(session, history)
         if late:
@@ -227,3 +240,26 @@ class CancelWatch:
         if not getattr(result, "rowcount", 1):  # its row was removed (e.g. trimmed): back
             await session.execute(insert(watcher_table).values(name=self.name, **values))
         self._beat_at = time.monotonic()
+
+
+_OUTCOME = HISTORY_COLUMNS.index("outcome")
+_CHUNK = 500  # ids per IN (...) list
+
+
+async def _drop_recorded_cancels(session: AsyncSession, rows: list[Row]) -> list[Row]:
+    """``rows`` less the ``cancelled`` outcomes already recorded: a command cancelled
+    before the relay published it has its row from the cancel, and reaches a worker
+    only when the relay had read it just before."""
+    ids = [row[0] for row in rows if row[_OUTCOME] == Outcome.CANCELLED.value]
+    recorded: set[str] = set()
+    for start in range(0, len(ids), _CHUNK):
+        found = await session.execute(
+            select(history_table.c.message_id).where(
+                history_table.c.message_id.in_(ids[start : start + _CHUNK]),
+                history_table.c.outcome == Outcome.CANCELLED.value,
+            )
+        )
+        recorded.update(message_id for (message_id,) in found)
+    if not recorded:
+        return rows
+    return [row for row in rows if not (row[_OUTCOME] == "cancelled" and row[0] in recorded)]
