@@ -13,12 +13,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The packages (postdate, orders) go to site-packages; supervisord is the dev extra's only
-# runtime piece, installed alone (pytest, mypy, ... stay out of the image).
-COPY pyproject.toml README.md ./
+# The packages (postdate, and the reference service's orders) go to site-packages;
+# supervisord is installed alone (pytest, mypy, ... stay out of the image).
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-RUN pip install . "supervisor==4.3.0" \
-    && rm -rf src build
+COPY reference ./reference
+RUN pip install . ./reference "supervisor==4.3.0" \
+    && rm -rf src reference build
 
 # The worker entrypoints (`python -m consumers.expire_reservation`) and the supervisord
 # config; supervisord runs its programs from /app.

@@ -137,9 +137,12 @@ def test_upcoming_lists_whats_to_come_soonest_first(cli: Cli, seeded: Seeded) ->
     shown = cli("upcoming")
     assert shown.exit_code == 0, shown.output
     header, *rows, footer = shown.stdout.splitlines()
-    assert " ".join(header.split()) == "due (UTC) type message id correlation id published attempts"
+    assert (
+        " ".join(header.split())
+        == "due (UTC) type message id correlation id published overdue attempts"
+    )
     assert [row.split()[3] for row in rows] == [seeded.soon, seeded.other, seeded.later]
-    assert rows[0].split()[2:] == ["Expire", seeded.soon, "order-1", "no", "0"]
+    assert rows[0].split()[2:] == ["Expire", seeded.soon, "order-1", "no", "no", "0"]
     assert footer == "3 upcoming"
 
     listed = _json(cli("upcoming", "--json", "-c", "order-1", "--limit", "1"))
@@ -147,14 +150,15 @@ def test_upcoming_lists_whats_to_come_soonest_first(cli: Cli, seeded: Seeded) ->
     [item] = listed["upcoming"]
     assert set(item) == {
         "message_id", "type", "queue", "correlation_id", "due_at", "scheduled_at",
-        "published_at", "attempts",
+        "published_at", "attempts", "overdue",
     }  # fmt: skip
     assert (item["message_id"], item["type"], item["queue"]) == (
         seeded.soon,
         "Expire",
         Expire.queue,
     )
-    assert item["published_at"] is None and item["attempts"] == 0
+    assert item["published_at"] is None and item["attempts"] == 0 and item["overdue"] is False
+    assert listed["overdue"] == 0
     assert datetime.fromisoformat(item["due_at"]).tzinfo is not None
 
     def ids(*args: str) -> list[str]:

@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from postdate.broker._topology import Names, Topology, command_queue_topology
-from postdate.delay import _ladder as ladder
-from postdate.delay._routing import LADDER_LEAD, Route, When
-from postdate.publish._envelope import DUE, QUEUE, Envelope
+from postdate.broker._topology import Names, command_queue_topology
+from postdate.delay._routing import LADDER_LEAD, When
+from postdate.publish._envelope import DUE, QUEUE
 from postdate.publish._publisher import Publisher
 from tests.helpers import (
     BACKENDS,
@@ -26,7 +25,6 @@ from tests.helpers import (
     Ping,
     Received,
     command_for,
-    publish_route,
     queue_depth,
     send_around_the_publisher,
 )
@@ -170,63 +168,4 @@ async def test_a_send_to_a_queue_no_worker_declared_declares_it_and_arrives(
 
     assert arrived.message.message_id == sent
     assert due_ms(arrived) - EARLIEST_MS <= arrived.arrived_ms <= due_ms(arrived) + ON_TIME_MS
-    assert await queue_depth(connection, Names(prefix).unroutable) == 0
-
-
-async def test_commands_published_in_the_old_layout_still_arrive_once(
-    publisher: Publisher, connection: AbstractRobustConnection, cleanup: Cleanup, prefix: str
-) -> None:
-    """Commands pending from before the literal hop keys (28 bit words, then the queue,
-    in CC) drain through the bindings kept for them, beside commands of this version."""
-    queue = f"{prefix}.old"
-    await declare_queues(connection, cleanup, prefix, queue)
-    command = command_for(queue)
-    names = Names(prefix)
-    old_ids = []
-    async with Collector(connection, queue, 10) as collector:
-        for n, seconds in enumerate([0, 1, 2, 3, 5]):
-            now = datetime.now(UTC)
-            envelope = Envelope.for_command(command(n=n), now + timedelta(seconds=seconds))
-            key = ladder.routing_key(seconds, queue)
-            old = (
-                Route(names.deliver, key)
-                if seconds == 0
-                else Route("", names.delay_queue(seconds.bit_length() - 1), (key,))
-            )
-            await publish_route(connection, envelope, old, mandatory=True)
-            old_ids.append(envelope.message_id)
-        new_ids = [
-            await publisher.send(command(n=10 + n), LADDER_LEAD + timedelta(seconds=seconds))
-            for n, seconds in enumerate([0, 1, 2, 3, 5])
-        ]
-        received = await collector.wait(timeout=20)
-
-    ids = [r.message.message_id for r in received]
-    assert sorted(map(str, ids)) == sorted(old_ids + new_ids)
-    for arrived in received:
-        assert arrived.arrived_ms <= due_ms(arrived) + ON_TIME_MS
-    assert await queue_depth(connection, names.unroutable) == 0
-
-
-async def test_a_queue_declared_before_the_literal_keys_gets_its_key_from_the_first_send(
-    publisher: Publisher, connection: AbstractRobustConnection, cleanup: Cleanup, prefix: str
-) -> None:
-    """A command queue that a worker of the version before declared is bound by the old
-    pattern only: the first send to it binds its deliver key, so nothing of this version
-    waits in the catch-all queue for a new worker."""
-    queue = f"{prefix}.declared-before"
-    current = command_queue_topology(prefix, queue)
-    before = Topology(
-        queues=current.queues,
-        bindings=tuple(b for b in current.bindings if "*" in b.routing_key),
-    )
-    await cleanup.declare(connection, before)
-    command = command_for(queue)
-    async with Collector(connection, queue, 2) as collector:
-        sent = [
-            await publisher.send(command(n=1)),
-            await publisher.send(command(n=2), LADDER_LEAD + timedelta(seconds=1)),
-        ]
-        received = await collector.wait(timeout=10)
-    assert sorted(str(r.message.message_id) for r in received) == sorted(sent)
     assert await queue_depth(connection, Names(prefix).unroutable) == 0

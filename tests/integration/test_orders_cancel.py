@@ -26,7 +26,7 @@ from postdate.broker._topology import command_queue_topology
 from postdate.outbox import OutboxRelay
 from postdate.schedule import ScheduleStore, cancel_table
 from tests.helpers import Cleanup, eventually
-from tests.integration.test_faults import wait_for_consumer
+from tests.integration.test_worker_processes import wait_for_consumer
 
 HOLD = timedelta(seconds=3)
 FAST = RetryPolicy(max_attempts=5, tiers=(timedelta(seconds=1),))

@@ -36,7 +36,7 @@ async def test_reserve_writes_the_order_and_its_reminder_in_one_transaction(
     assert row.due_at == reserved_order.expires_at
     assert row.queue == store.command.queue
     assert row.correlation_id == str(order.id)
-    assert not row.relayed
+    assert row.published_at is None
     with pytest.raises(InvalidTransition, match="it is reserved"):
         await store.reserve(order.id)
     with pytest.raises(OrderNotFound):

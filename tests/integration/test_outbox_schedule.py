@@ -11,8 +11,9 @@ from sqlalchemy.exc import IntegrityError
 
 from orders.commands import ExpireReservation
 from orders.store import OrderStore
-from postdate import DelayError, outbox
+from postdate import DelayError, InvalidArgument, outbox
 from postdate.outbox import outbox_table
+from postdate.schedule import ScheduleStore
 
 T0 = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)  # in the future: "upcoming" from now
 ORDER_A = "a0000000-0000-0000-0000-00000000000a"
@@ -87,34 +88,29 @@ async def test_upcoming_and_overview_include_relayed_rows(store: OrderStore) -> 
             .values(sent_at=datetime.now(UTC))
         )
 
-    async with store.sessions() as session:
-        coming_a = await outbox.upcoming(session, correlation_id=ORDER_A)
-        assert [row.due_at - T0 for row in coming_a] == [
-            timedelta(minutes=m) for m in (0, 10, 70, 75, 200)
-        ]
-        coming_b = await outbox.upcoming(session, correlation_id=ORDER_B)
-        assert [row.message_id for row in coming_b] == ids_b
-        assert all(row.relayed for row in coming_b)
-        window = await outbox.upcoming(
-            session, after=T0 + timedelta(minutes=6), before=T0 + timedelta(minutes=71)
-        )
-        assert [row.due_at - T0 for row in window] == [timedelta(minutes=m) for m in (10, 65, 70)]
+    schedule = ScheduleStore(store.sessions)
+    coming_a = await schedule.upcoming(correlation_id=ORDER_A)
+    assert [row.due_at - T0 for row in coming_a] == [
+        timedelta(minutes=m) for m in (0, 10, 70, 75, 200)
+    ]
+    coming_b = await schedule.upcoming(correlation_id=ORDER_B)
+    assert [row.message_id for row in coming_b] == ids_b
+    assert all(row.published_at is not None for row in coming_b)
+    window = await schedule.upcoming(
+        after=T0 + timedelta(minutes=6), before=T0 + timedelta(minutes=71)
+    )
+    assert [row.due_at - T0 for row in window] == [timedelta(minutes=m) for m in (10, 65, 70)]
 
-        hourly = await outbox.schedule_overview(session, timedelta(hours=1), after=T0)
-        assert [(b.start - T0, b.count, b.pending) for b in hourly] == [
-            (timedelta(0), 3, 2),
-            (timedelta(hours=1), 3, 2),
-            (timedelta(hours=3), 1, 1),
-        ]
-        assert all(b.end - b.start == timedelta(hours=1) for b in hourly)
-        everything = await outbox.schedule_overview(session, timedelta(days=1))
-        assert sum(b.count for b in everything) == 7
-        assert everything[0].start.hour == 0  # days start at midnight UTC
-        with pytest.raises(ValueError, match="bucket"):
-            await outbox.schedule_overview(session, timedelta(0))
-
-    async with store.sessions() as session, session.begin():
-        assert await outbox.purge_sent(session, due_before=T0) == 1  # only the relayed past one
+    hourly = await schedule.overview(timedelta(hours=1), after=T0)
+    assert [(b.start - T0, b.outcome, b.count) for b in hourly] == [
+        (timedelta(0), "scheduled", 3),
+        (timedelta(hours=1), "scheduled", 3),
+        (timedelta(hours=3), "scheduled", 1),
+    ]
+    everything = await schedule.overview(timedelta(days=1))
+    assert sum(b.count for b in everything) == 8  # the relayed one due now as well
+    assert everything[0].start.hour == 0  # days start at midnight UTC
+    with pytest.raises(InvalidArgument, match="bucket"):
+        await schedule.overview(timedelta(0))
     async with store.sessions() as session:
-        assert await outbox.get(session, past) is None
-        assert len(await outbox.upcoming(session, after=T0 - timedelta(days=1))) == 7
+        assert (await outbox.get(session, past)) is not None

@@ -3,26 +3,31 @@ in a run directory of the test's own, stopped through supervisorctl."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from orders.commands import expire_command_for
-from postdate import Publisher, Settings
+from postdate import Publisher, Settings, outbox
 from postdate.broker._topology import command_queue_topology
+from postdate.schedule import ScheduleStore, make_engine
 from tests.helpers import Cleanup, collect, eventually
-from tests.integration.test_faults import wait_for_consumer
+from tests.integration.test_cli import POSTDATE
+from tests.integration.test_worker_processes import wait_for_consumer
 
 ROOT = Path(__file__).resolve().parents[2]
 WRAPPER = ROOT / "consumers" / "supervisor.sh"
@@ -188,6 +193,89 @@ async def test_supervisord_runs_the_consumers_and_stops_them_without_loss(
         assert events(run_dir, "outbox_relay")
     finally:
         supervisorctl(supervisor_env, "shutdown")
+        try:
+            supervisord.wait(30)
+        except subprocess.TimeoutExpired:
+            supervisord.kill()
+            supervisord.wait()
+
+
+# --- postdate relay: the `relay` program ---------------------------------------------------
+
+
+async def _scheduled(url: str, queue: str) -> str:
+    """Create the tables at ``url`` and write one reminder due in an hour."""
+    engine = make_engine(url)
+    try:
+        store = ScheduleStore(async_sessionmaker(engine, expire_on_commit=False))
+        await store.create_tables()
+        async with store.sessions() as session, session.begin():
+            command = expire_command_for(queue)(order_id=uuid.uuid4())
+            return await outbox.schedule(session, command, delay=timedelta(hours=1))
+    finally:
+        await engine.dispose()
+
+
+def _reschedule(env: dict[str, str], message_id: str) -> str:
+    result = subprocess.run(
+        [POSTDATE, "schedule", "reschedule", message_id, "--delay", "5s", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["rescheduled_as"])
+
+
+async def test_a_rescheduled_command_is_handled_on_time_with_postdate_relay(
+    settings: Settings,
+    cleanup: Cleanup,
+    supervisor_env: dict[str, str],
+    run_dir: Path,
+    queue: str,
+    tmp_path: Path,
+) -> None:
+    cleanup.track(command_queue_topology(settings.prefix, queue))
+    url = f"sqlite+aiosqlite:///{tmp_path / 'schedule.db'}"
+    env = {**supervisor_env, "POSTDATE_SCHEDULE_URL": url}  # workers use it too
+    first = await _scheduled(url, queue)
+    supervisord = subprocess.Popen(
+        [str(WRAPPER)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    try:
+        await eventually(
+            lambda: supervisorctl(env, "status").count("RUNNING") == len(PROCESSES),
+            60,
+            "the processes RUNNING",
+            interval=0.2,
+        )
+        assert "relay " in supervisorctl(env, "status")  # configured, not started
+        assert "started" in supervisorctl(env, "start", "relay")
+        await eventually(
+            lambda: any(e.get("event") == "relay.started" for e in events(run_dir, "relay")),
+            20,
+            "postdate relay started",
+        )
+
+        started = time.monotonic()
+        moved = await asyncio.to_thread(_reschedule, env, first)
+        await eventually(lambda: moved in settled_ids(run_dir, queue), 15, "handled")
+        assert time.monotonic() - started < 7.5  # due in 5 s, CLI start-up included
+        [handled] = [
+            e for p in PROCESSES for e in events(run_dir, p) if e.get("message_id") == moved
+        ]
+        assert datetime.fromisoformat(str(handled["timestamp"])) >= datetime.now(UTC) - timedelta(
+            seconds=8
+        )
+
+        assert "stopped" in supervisorctl(env, "stop", "relay")
+        [stopped] = [e for e in events(run_dir, "relay") if e.get("event") == "relay.stopped"]
+        assert stopped["published"] == 2 and stopped["failed"] == 0  # first, then moved
+    finally:
+        supervisorctl(env, "shutdown")
         try:
             supervisord.wait(30)
         except subprocess.TimeoutExpired:

@@ -61,15 +61,17 @@ def test_the_delayed_exchange_is_an_x_delayed_message_topic_exchange() -> None:
     assert rendered["arguments"] == {"x-delayed-type": "topic"}
 
 
-def test_a_queue_binds_on_the_delayed_exchange_as_on_the_deliver_exchange() -> None:
-    [_, on_deliver] = command_queue_topology("p", "orders.expire").bindings  # the old key's
+def test_a_queue_binds_on_the_delayed_exchange_with_the_key_a_publish_carries() -> None:
+    [on_deliver] = command_queue_topology("p", "orders.expire").bindings
     binding = plugin.queue_binding("p", "orders.expire")
     assert (binding.source, binding.destination, binding.to_exchange) == (
         "p.delayed",
         "orders.expire",
         False,
     )
+    assert binding.routing_key == plugin.plugin_key("orders.expire") == "~>orders.expire"
     assert binding.routing_key == on_deliver.routing_key
+    assert plugin.plugin_key("a.b") != plugin.plugin_key("b")
     topology = plugin.plugin_topology("p", ("a", "b"))
     assert [b.destination for b in topology.bindings] == ["a", "b"]
     assert [e.name for e in topology.exchanges] == ["p.delayed"]
@@ -134,7 +136,7 @@ def levels_of(target: Route) -> list[int]:
 def test_a_delayed_route_goes_to_the_delayed_exchange_not_mandatory() -> None:
     item = envelope(LADDER_LEAD + timedelta(seconds=4))
     target = plugin.route(NAMES, item, NOW)
-    assert target == Route("p.delayed", ladder.routing_key(0, "orders.expire"), delay_ms=4000)
+    assert target == Route("p.delayed", plugin.plugin_key("orders.expire"), delay_ms=4000)
     assert not target.mandatory and target.cc == ()
     headers = item.properties(target.cc, target.delay_ms).headers or {}
     assert headers[DELAY] == 4000 and type(headers[DELAY]) is int

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from postdate.broker._declare import _ABSENT, parse_inequivalent
+from postdate.broker._mismatch import _ABSENT, parse_inequivalent
 
 PREFIX = "PRECONDITION_FAILED - "
 

@@ -76,9 +76,9 @@ def test_properties_fields() -> None:
 
 def test_properties_with_cc() -> None:
     envelope = Envelope.for_command(Renamed(n=2), DUE_AT)
-    message = envelope.properties(["0.0.1.orders.renamed"])
+    message = envelope.properties(["~0>", "~>orders.renamed"])
     assert message.headers is not None
-    assert message.headers["CC"] == ["0.0.1.orders.renamed"]
+    assert message.headers["CC"] == ["~0>", "~>orders.renamed"]
     assert "CC" not in (envelope.properties([]).headers or {})
 
 

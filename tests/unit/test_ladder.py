@@ -1,4 +1,4 @@
-"""Ladder routing keys, levels, and the refusal of delays it cannot carry."""
+"""Ladder hop keys, levels, and the refusal of delays it cannot carry."""
 
 from __future__ import annotations
 
@@ -21,43 +21,28 @@ def test_longest_queue_is_the_maximum() -> None:
 
 
 @given(seconds=st.integers(0, ladder.MAX_DELAY_SECONDS))
-def test_routing_key_round_trip_and_bits(seconds: int) -> None:
+def test_hop_keys_follow_the_set_bits_and_fit(seconds: int) -> None:
     queue = LONGEST_QUEUE + "x"
-    key = ladder.routing_key(seconds, queue)
-    assert ladder.decode_routing_key(key) == (seconds, queue)
-    assert len(key.encode()) <= 255
-    bits = key.split(".")[: ladder.LEVELS]
-    set_levels = [ladder.LEVELS - 1 - index for index, bit in enumerate(bits) if bit == "1"]
-    assert set_levels == ladder.levels(seconds)
-    assert sum(2**level for level in ladder.levels(seconds)) == seconds
+    keys = ladder.hop_keys(seconds, queue)
+    assert keys[-1] == ladder.deliver_key(queue)
+    assert all(len(key.encode()) <= 255 for key in keys)
+    visited = ladder.levels(seconds)
+    assert [int(key[1 : key.index(">")]) for key in keys[:-1]] == visited
+    assert sum(2**level for level in visited) == seconds
 
 
 def test_known_keys() -> None:
-    assert ladder.routing_key(0, "q") == ".".join(["0"] * 28) + ".q"
-    assert ladder.routing_key(5, "a.b") == ".".join(["0"] * 25 + ["1", "0", "1"]) + ".a.b"
+    assert ladder.hop_keys(0, "q") == ("~>q",)
+    assert ladder.hop_keys(5, "a.b") == ("~2>0", "~0>", "~>a.b")
     assert ladder.levels(7 * 86400) == [19, 16, 13, 12, 11, 9, 7]  # 604800 s: 7 hops
     assert ladder.levels(0) == []
     assert ladder.levels(ladder.MAX_DELAY_SECONDS) == list(range(27, -1, -1))
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        "0.1.q",
-        ".".join(["0"] * 28),  # no queue
-        ".".join(["2"] + ["0"] * 27) + ".q",
-        "orders.expire",
-    ],
-)
-def test_decode_rejects_non_ladder_keys(key: str) -> None:
-    with pytest.raises(ValueError, match="not a ladder routing key"):
-        ladder.decode_routing_key(key)
-
-
 @pytest.mark.parametrize("seconds", [-1, ladder.MAX_DELAY_SECONDS + 1, 2**40])
 def test_out_of_range_seconds(seconds: int) -> None:
     with pytest.raises(DelayError, match=str(seconds)):
-        ladder.routing_key(seconds, "q")
+        ladder.hop_keys(seconds, "q")
     with pytest.raises(DelayError):
         ladder.levels(seconds)
 

@@ -18,12 +18,12 @@ from postdate.broker._topology import (
     ExchangeType,
     Names,
     Topology,
-    command_queue_pattern,
     command_queue_topology,
     ladder_topology,
 )
 from postdate.delay import _ladder as ladder
-from postdate.delay._routing import Route, route
+from postdate.delay._plugin import plugin_key, plugin_topology
+from postdate.delay._routing import route
 
 PREFIXES = ["postdate", "a.b-c.d_e.f9"]  # one word, and the longest allowed: 4 words
 
@@ -108,17 +108,14 @@ class Broker:
         return queues
 
 
-def walk(
-    broker: Broker, prefix: str, seconds: int, queue: str, target: Route | None = None
-) -> tuple[list[int], set[str]]:
-    """Publish like the publisher does (or to ``target``) and let every ladder queue
-    expire in turn.
+def walk(broker: Broker, prefix: str, seconds: int, queue: str) -> tuple[list[int], set[str]]:
+    """Publish like the publisher does and let every ladder queue expire in turn.
 
     Returns the ladder levels visited, in order, and the queues finally delivered to.
     """
     names = Names(prefix)
     level_of = {names.delay_queue(level): level for level in range(ladder.LEVELS)}
-    target = target or route(names, queue, seconds)
+    target = route(names, queue, seconds)
     keys = [target.routing_key, *target.cc]
     # The default exchange puts a message straight into the queue its key names.
     here = {target.routing_key} if target.exchange == "" else broker.route(target.exchange, keys)
@@ -171,36 +168,6 @@ def test_walk_property(seconds: int, queue: str) -> None:
     assert delivered == {queue}
 
 
-def old_layout_route(names: Names, queue: str, seconds: int) -> Route:
-    """How a command was published before the literal hop keys: one key of 28 bit words
-    and the queue, in CC (or as the routing key into the deliver exchange)."""
-    key = ladder.routing_key(seconds, queue)
-    if seconds == 0:
-        return Route(names.deliver, key)
-    return Route("", names.delay_queue(seconds.bit_length() - 1), (key,))
-
-
-@settings(max_examples=200, deadline=None)
-@given(seconds=st.integers(0, ladder.MAX_DELAY_SECONDS), queue=st.sampled_from(["a.b", "b"]))
-def test_commands_pending_in_the_old_layout_still_reach_exactly_their_queue(
-    seconds: int, queue: str
-) -> None:
-    old = old_layout_route(Names("postdate"), queue, seconds)
-    visited, delivered = walk(_BROKER, "postdate", seconds, queue, target=old)
-    assert visited == ladder.levels(seconds)
-    assert delivered == {queue}
-
-
-def test_keys_of_either_layout_never_match_the_other_layouts_bindings() -> None:
-    bindings = broker_for("p").topology.bindings
-    old_patterns = [topic_regex(b.routing_key) for b in bindings if "*" in b.routing_key]
-    literal = {b.routing_key for b in bindings if "*" not in b.routing_key}
-    for seconds in sample_delays():
-        for key in ladder.hop_keys(seconds, "a.b"):
-            assert not any(regex.fullmatch("." + key) for regex in old_patterns), key
-        assert ladder.routing_key(seconds, "a.b") not in literal
-
-
 def test_hop_keys_name_each_hop_then_the_queue() -> None:
     assert ladder.hop_keys(1, "q") == ("~0>", "~>q")
     assert ladder.hop_keys(9, "a.b") == ("~3>0", "~0>", "~>a.b")
@@ -217,14 +184,23 @@ def test_command_whose_queue_is_gone_ends_in_unroutable(seconds: int) -> None:
     assert delivered == {"postdate.unroutable"}
 
 
-def test_command_queue_pattern_is_exact_about_the_queue() -> None:
-    key_ab = ladder.routing_key(7, "a.b")
-    key_b = ladder.routing_key(7, "b")
-    assert topic_matches(command_queue_pattern("a.b"), key_ab)
-    assert topic_matches(command_queue_pattern("b"), key_b)
-    assert not topic_matches(command_queue_pattern("b"), key_ab)
-    assert not topic_matches(command_queue_pattern("a.b"), key_b)
-    assert not topic_matches(command_queue_pattern("b"), "postdate.delay.2")
+def test_deliver_key_is_exact_about_the_queue() -> None:
+    bindings = (
+        command_queue_topology("p", "a.b").bindings + command_queue_topology("p", "b").bindings
+    )
+    patterns = {binding.destination: binding.routing_key for binding in bindings}
+    assert topic_matches(patterns["a.b"], ladder.deliver_key("a.b"))
+    assert topic_matches(patterns["b"], ladder.deliver_key("b"))
+    assert not topic_matches(patterns["b"], ladder.deliver_key("a.b"))
+    assert not topic_matches(patterns["a.b"], ladder.deliver_key("b"))
+    assert not topic_matches(patterns["b"], "postdate.delay.2")
+
+
+def test_the_plugins_exchange_routes_its_key_into_exactly_its_queue() -> None:
+    broker = Broker(plugin_topology("p", ("a.b", "b")))
+    for queue in ("a.b", "b"):
+        assert broker.route("p.delayed", [plugin_key(queue)]) == {queue}
+    assert broker.route("p.delayed", [plugin_key("c")]) == set()
 
 
 def test_ladder_queues() -> None:
@@ -266,26 +242,17 @@ def test_ladder_bindings() -> None:
     for binding in topology.bindings:
         by_source[binding.source].append(binding)
     for level in range(28):
-        everything = by_source[f"p.after.{level}"]
-        # To each lower level and to the deliver exchange: one literal hop key each (the
-        # current layout), one wildcard pattern each (the old layout, for what is pending).
-        literal = [b for b in everything if not {"*", "#"} & set(b.routing_key.split("."))]
-        assert {(b.destination, b.routing_key) for b in literal} == {
+        # To each lower level and to the deliver exchange: one literal hop key each.
+        bindings = by_source[f"p.after.{level}"]
+        assert all(not {"*", "#"} & set(b.routing_key.split(".")) for b in bindings)
+        assert {(b.destination, b.routing_key) for b in bindings} == {
             *((f"p.delay.{lower}", f"~{level}>{lower}") for lower in range(level)),
             ("p.deliver", f"~{level}>"),
         }
-        bindings = [b for b in everything if b not in literal]
         assert len(bindings) == level + 1
-        assert {b.destination for b in bindings if not b.to_exchange} == {
-            f"p.delay.{lower}" for lower in range(level)
-        }
         to_deliver = [b for b in bindings if b.to_exchange]
         assert [b.destination for b in to_deliver] == ["p.deliver"]
-        for binding in bindings:
-            words = binding.routing_key.split(".")
-            assert words[: 28 - level] == ["*"] * (28 - level)  # spent bits: any value
-            assert words[-1] == "#"
-    assert len(topology.bindings) == 2 * (28 * 27 // 2 + 28) + 1
+    assert len(topology.bindings) == 28 * 27 // 2 + 28 + 1
 
 
 def test_names_are_unique_and_keys_fit() -> None:
@@ -297,10 +264,7 @@ def test_names_are_unique_and_keys_fit() -> None:
 
 def test_command_queue_binding() -> None:
     topology = command_queue_topology("p", "orders.expire")
-    assert BindingSpec("p.deliver", "orders.expire", command_queue_pattern("orders.expire")) in (
-        topology.bindings
-    )
-    assert command_queue_pattern("orders.expire") == ".".join(["*"] * 28) + ".orders.expire"
+    assert topology.bindings == (BindingSpec("p.deliver", "orders.expire", "~>orders.expire"),)
 
 
 def test_definitions_render_the_same_values() -> None:

@@ -96,7 +96,7 @@ def test_an_envelopes_properties_marshal_to_pamqps_bytes(
     envelope = Envelope.for_command(Expire(order=1), DUE_AT, correlation_id="corr")
     if extra:
         envelope = envelope.next_attempt(**extra)
-    cc = [ladder.routing_key(seconds, "orders.expire")] if seconds else []
+    cc = list(ladder.hop_keys(seconds, "orders.expire")) if seconds else []
     properties = envelope.properties(cc)
     assert isinstance(properties, Stock)
     assert properties.marshal() == Stock.marshal(properties)
@@ -105,7 +105,7 @@ def test_an_envelopes_properties_marshal_to_pamqps_bytes(
 
 
 def test_a_header_changed_after_building_is_sent_as_changed() -> None:
-    properties = Envelope.for_command(Expire(order=1), DUE_AT).properties(["0.1.orders.expire"])
+    properties = Envelope.for_command(Expire(order=1), DUE_AT).properties(["~>orders.expire"])
     before = properties.marshal()
     assert properties.headers is not None
     properties.headers["x-postdate-attempt"] = 2

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import aio_pika
 import aiormq
 import yarl
-from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -126,3 +127,11 @@ async def _with_retries(open_connection: Callable[[], Awaitable[C]], url: str, a
             "check the vhost and permissions in RABBITMQ_URL"
         ) from exc
     raise AssertionError("unreachable")
+
+
+async def close_quietly(channel: AbstractChannel) -> None:
+    """Close ``channel``, ignoring errors, also one the broker already closed."""
+    # A refusal closes the channel on the broker while a robust channel may be reopening
+    # it: close either way, so no reopened channel is left behind.
+    with contextlib.suppress(Exception):
+        await channel.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,19 +13,9 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from postdate._errors import TopologyMismatch
-from postdate.broker._topology import ExchangeSpec, QueueSpec, Topology
-
-# "inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received the value '2000'
-#  of type 'signedint' but current is none" ('durable' and 'type' come as quoted words)
-_VALUE = r"none|the value '(?P<{0}v>.*?)' of type '(?P<{0}t>\w+)'|'(?P<{0}q>.*?)'"
-_INEQUIVALENT = re.compile(
-    r"inequivalent arg '(?P<arg>[^']+)' for \w+ '.*?' in vhost '.*?': "
-    r"received (?:" + _VALUE.format("r") + r") but current is (?:" + _VALUE.format("c") + r")",
-)
-_MAX_PROBES = 16
-_ABSENT = object()
-
-Spec = QueueSpec | ExchangeSpec
+from postdate.broker._connection import close_quietly
+from postdate.broker._mismatch import Spec, declare_spec, probe_differences
+from postdate.broker._topology import ExchangeSpec, Topology
 
 
 async def declare_topology(connection: AbstractConnection, topology: Topology) -> None:
@@ -57,14 +46,6 @@ async def declare_topology(connection: AbstractConnection, topology: Topology) -
         await close_quietly(channel)
 
 
-async def close_quietly(channel: AbstractChannel) -> None:
-    """Close ``channel``, ignoring errors, also one the broker already closed."""
-    # A refusal closes the channel on the broker while a robust channel may be reopening
-    # it: close either way, so no reopened channel is left behind.
-    with contextlib.suppress(Exception):
-        await channel.close()
-
-
 def wanted_arguments(spec: Spec) -> dict[str, Any]:
     """What is compared on the broker: the x- arguments, durability and exchange type."""
     arguments: dict[str, Any] = {**spec.arguments, "durable": True}
@@ -73,74 +54,15 @@ def wanted_arguments(spec: Spec) -> dict[str, Any]:
     return arguments
 
 
-async def _declare(channel: AbstractChannel, spec: Spec, wanted: dict[str, Any]) -> None:
-    arguments = dict(wanted)
-    durable = bool(arguments.pop("durable"))
-    underlay = await channel.get_underlay_channel()
-    if isinstance(spec, ExchangeSpec):
-        kind = str(arguments.pop("type"))
-        await underlay.exchange_declare(
-            spec.name, exchange_type=kind, durable=durable, arguments=arguments
-        )
-    else:
-        await underlay.queue_declare(spec.name, durable=durable, arguments=arguments)
-
-
 async def _declare_checked(
     connection: AbstractConnection, channel: AbstractChannel, spec: Spec
 ) -> None:
     wanted = wanted_arguments(spec)
     try:
-        await _declare(channel, spec, wanted)
+        await declare_spec(channel, spec, wanted)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        differences = await _probe_differences(connection, spec, wanted, str(exc))
+        differences = await probe_differences(connection, spec, wanted, str(exc))
         raise TopologyMismatch(spec.name, differences, detail=str(exc)) from None
-
-
-async def _probe_differences(
-    connection: AbstractConnection, spec: Spec, wanted: dict[str, Any], first_error: str
-) -> dict[str, tuple[Any, Any]]:
-    """Find every differing argument: the broker names one per refusal, so adopt the
-    existing value and declare again until the declaration matches (each try on a fresh
-    channel, because a refusal closes the channel)."""
-    differences: dict[str, tuple[Any, Any]] = {}
-    probe = dict(wanted)
-    error = first_error
-    for _ in range(_MAX_PROBES):
-        parsed = parse_inequivalent(error)
-        if parsed is None or parsed[0] in differences:
-            break
-        argument, existing = parsed
-        differences[argument] = (wanted.get(argument), None if existing is _ABSENT else existing)
-        if existing is _ABSENT:
-            probe.pop(argument, None)
-        else:
-            probe[argument] = existing
-        channel = await connection.channel(publisher_confirms=False)
-        try:
-            await _declare(channel, spec, probe)
-            break
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            error = str(exc)
-        finally:
-            await close_quietly(channel)
-    return differences
-
-
-def parse_inequivalent(message: str) -> tuple[str, Any] | None:
-    """``(argument, existing value)`` from a PRECONDITION_FAILED text, or None if unknown."""
-    match = _INEQUIVALENT.search(message)
-    if match is None:
-        return None
-    value, kind, quoted = match.group("cv", "ct", "cq")
-    if value is not None:
-        is_number = kind != "longstr" and re.fullmatch(r"-?\d+", value) is not None
-        return match["arg"], int(value) if is_number else value
-    if quoted is not None:
-        if re.fullmatch(r"-?\d+", quoted):
-            return match["arg"], int(quoted)
-        return match["arg"], {"true": True, "false": False}.get(quoted, quoted)
-    return match["arg"], _ABSENT
 
 
 @dataclass(frozen=True)

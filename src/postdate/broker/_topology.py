@@ -192,29 +192,6 @@ def dead_lettering(exchange: str, routing_key: str | None = None) -> dict[str, A
     return arguments
 
 
-# The level_pattern_* and command_queue_pattern bindings route the old layout's keys (28
-# bit words, then the queue: see postdate.delay._ladder): kept so that commands pending from it
-# drain. Keys of the current layout never match them.
-
-
-def level_pattern_to_lower(level: int, lower: int) -> str:
-    """Binding on ``after.level`` that sends a message on to ``delay.lower``.
-
-    Bits above and at ``level`` are spent (``*``), the bits between are 0, bit ``lower`` is 1.
-    """
-    return ".".join(["*"] * (LEVELS - level) + ["0"] * (level - 1 - lower) + ["1", "#"])
-
-
-def level_pattern_to_deliver(level: int) -> str:
-    """Binding on ``after.level`` that sends a message to the deliver exchange: no bit left."""
-    return ".".join(["*"] * (LEVELS - level) + ["0"] * level + ["#"])
-
-
-def command_queue_pattern(queue: str) -> str:
-    """Binding on the deliver exchange: exactly 28 bit words, then exactly this queue."""
-    return ".".join(["*"] * LEVELS + [queue])
-
-
 def ladder_topology(prefix: str) -> Topology:
     """The delay ladder, the deliver exchange and its catch-all for unroutable commands."""
     names = Names(prefix)
@@ -234,13 +211,8 @@ def ladder_topology(prefix: str) -> Topology:
             )
         )
         for lower in range(level):
-            to_lower = names.delay_queue(lower)
-            bindings.append(BindingSpec(after, to_lower, hop_key(level, lower)))
-            bindings.append(BindingSpec(after, to_lower, level_pattern_to_lower(level, lower)))
+            bindings.append(BindingSpec(after, names.delay_queue(lower), hop_key(level, lower)))
         bindings.append(BindingSpec(after, names.deliver, hop_key(level, None), to_exchange=True))
-        bindings.append(
-            BindingSpec(after, names.deliver, level_pattern_to_deliver(level), to_exchange=True)
-        )
     return Topology(tuple(exchanges), tuple(queues), tuple(bindings))
 
 
@@ -283,9 +255,5 @@ def command_queue_topology(
         )
         for tier in retry_tiers
     )
-    deliver = Names(prefix).deliver
-    bindings = (
-        BindingSpec(deliver, queue, deliver_key(queue)),
-        BindingSpec(deliver, queue, command_queue_pattern(queue)),  # the old layout's
-    )
-    return Topology(queues=tuple(queues), bindings=bindings)
+    binding = BindingSpec(Names(prefix).deliver, queue, deliver_key(queue))
+    return Topology(queues=tuple(queues), bindings=(binding,))

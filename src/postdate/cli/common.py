@@ -1,5 +1,6 @@
 """What every `postdate` subcommand shares: loading the app, running on the broker,
-turning postdate errors into one line and an exit code."""
+parsing times and ages. Errors become one line and an exit code in
+:mod:`postdate.cli._errors`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import aiormq
 import typer
 from aio_pika.abc import AbstractConnection
 from rich.console import Console
@@ -24,6 +24,12 @@ from postdate._errors import InvalidArgument, PostdateError
 from postdate._settings import BackendName, Settings
 from postdate.broker._connection import connect_plain
 from postdate.broker._topology import Topology, ladder_topology
+from postdate.cli._errors import (
+    EXIT_FOUND_NOTHING,
+    Failure,
+    describe,
+    fail,
+)
 from postdate.consume._consumer import Consumer
 from postdate.delay._plugin import plugin_topology
 from postdate.observe._logs import configure_logging
@@ -37,15 +43,6 @@ Json = Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")]
 # say otherwise; a worker keeps the settings' patient defaults.
 CLI_CONNECT_ATTEMPTS = 2
 CLI_CONNECT_TIMEOUT = 5.0
-
-EXIT_FOUND_NOTHING = 1  # no such message; something waits (status); a run stopped early
-EXIT_ERROR = 2  # bad usage or settings, broker unreachable, unknown queue
-
-
-def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    """Print ``error: message`` as one line on stderr and exit with ``code``."""
-    typer.secho(f"error: {' '.join(message.split())}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
 
 
 def print_json(value: Any) -> None:
@@ -135,15 +132,20 @@ def run_async(
     found_nothing: tuple[type[PostdateError], ...] = (),
     failed: Callable[[Exception], NoReturn] | None = None,
 ) -> T:
-    """Run ``coroutine()``; a postdate error is one line on stderr and exit code 2 (1 for
-    the ``found_nothing`` ones). Any other error goes to ``failed`` (by default
-    :func:`broker_failed`), which says it in one line or raises it again."""
+    """Run ``coroutine()``.
+
+    Raises:
+        Failure: a ``found_nothing`` error (exit code 1), or what ``failed`` (by default
+            :func:`broker_failed`) made of any other error (exit code 2).
+        typer.Exit: our reader went away (``| head``): exit code 1, nothing said.
+        Exception: an error ``failed`` does not recognise (a bug), raised again.
+    """
     try:
         return asyncio.run(coroutine())  # type: ignore[arg-type]
     except found_nothing as exc:
-        fail(str(exc), EXIT_FOUND_NOTHING)
-    except PostdateError as exc:
-        fail(str(exc))
+        raise Failure(str(exc), EXIT_FOUND_NOTHING) from None
+    except (Failure, PostdateError):
+        raise
     except BrokenPipeError:  # our reader went away (`| head`): nothing left to say
         sys.stderr.close()
         raise typer.Exit(EXIT_FOUND_NOTHING) from None
@@ -153,12 +155,18 @@ def run_async(
 
 def broker_failed(exc: Exception) -> NoReturn:
     """A broker error postdate did not expect, or a lost connection, as one line and exit
-    code 2; any other error is raised again."""
-    if isinstance(exc, aiormq.exceptions.AMQPError):
-        fail(f"the broker refused: {exc!r}")
-    if isinstance(exc, ConnectionError | TimeoutError | aiormq.exceptions.ChannelInvalidStateError):
-        fail(f"the connection to the broker was lost: {exc!r}; what was not done stays parked")
-    raise exc
+    code 2.
+
+    Raises:
+        Failure: ``exc`` is a broker error or a lost connection.
+        Exception: ``exc`` itself, when it is neither.
+    """
+    failure = describe(exc)
+    if failure is None:
+        raise exc
+    if str(failure).startswith("the connection to the broker was lost"):
+        failure = Failure(f"{failure}; what was not done stays parked")
+    raise failure from None
 
 
 def on_broker(
@@ -215,3 +223,9 @@ def shared_topology(settings: Settings) -> Topology:
     """What every app of the prefix shares: the ladder, and with
     ``POSTDATE_BACKEND=plugin`` the plugin's exchange."""
     return topology_of(settings, None)
+
+
+def overdue_note(count: int) -> str:
+    """``3 overdue commands (due, not published: is a relay running?)``."""
+    noun = "command" if count == 1 else "commands"
+    return f"{count:,} overdue {noun} (due, not published: is a relay running?)"

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from postdate._errors import CancelTooLate, CommandCancelled, UnknownCommand
 from postdate._settings import Settings
-from postdate.cli.common import CLI_CONNECT_TIMEOUT, fail, run_async
+from postdate.cli._errors import fail
+from postdate.cli.common import CLI_CONNECT_TIMEOUT, run_async
 from postdate.schedule import ScheduleStore, make_engine
 
 T = TypeVar("T")
@@ -87,22 +88,35 @@ def on_schedule(url: str, use: Callable[[ScheduleStore], Awaitable[T]]) -> T:
 
 
 def database_failed(url: str, exc: Exception) -> NoReturn:
-    """An error of the database at ``url`` or of its driver as one line and exit code 2;
-    one not recognised is raised again."""
+    """An error of the database at ``url`` or of its driver as one line and exit code 2.
+
+    Raises:
+        Failure: ``exc`` is the database's or its driver's (see :func:`database_problem`).
+        Exception: ``exc`` itself, when it is not.
+    """
+    problem = database_problem(url, exc)
+    if problem is None:
+        raise exc
+    fail(problem)
+
+
+def database_problem(url: str, exc: Exception) -> str | None:
+    """What went wrong with the database at ``url`` (its password hidden), in one line, or
+    None when ``exc`` is not an error of the database or of its driver."""
     where = shown(url)
     if isinstance(exc, ArgumentError):
-        fail(f"{where} is not a database URL: {exc}")
+        return f"{where} is not a database URL: {exc}"
     if isinstance(exc, ImportError | SQLAlchemyError) and not isinstance(exc, DBAPIError):
-        fail(
+        return (
             f"cannot use {where}: {exc}; give an async driver, e.g. postgresql+asyncpg://... "
             "or sqlite+aiosqlite:///..."
         )
     text = str(exc.orig if isinstance(exc, DBAPIError) else exc) or type(exc).__name__
     lowered = text.lower()
     if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
-        fail(f"the schedule's tables are missing in {where}: run `postdate schedule init`")
+        return f"the schedule's tables are missing in {where}: run `postdate schedule init`"
     if isinstance(exc, OSError | TimeoutError):
-        fail(f"cannot reach the schedule database {where}: {text.splitlines()[0]}")
+        return f"cannot reach the schedule database {where}: {text.splitlines()[0]}"
     if isinstance(exc, DBAPIError):
-        fail(f"the schedule database {where} refused: {text.splitlines()[0]}")
-    raise exc
+        return f"the schedule database {where} refused: {text.splitlines()[0]}"
+    return None

@@ -11,11 +11,10 @@ from typing import Annotated, Any
 import typer
 
 from postdate._settings import Settings
+from postdate.cli._errors import EXIT_FOUND_NOTHING, CliTyper, fail
 from postdate.cli.common import (
-    EXIT_FOUND_NOTHING,
     Json,
     cli_connect,
-    fail,
     on_broker,
     parse_age,
     print_json,
@@ -33,7 +32,7 @@ from postdate.parking._triage import (
 )
 from postdate.publish._publisher import Publisher
 
-app = typer.Typer(help="List, show, replay or purge parked messages.")
+app = CliTyper(help="List, show, replay or purge parked messages.")
 
 Queue = Annotated[str, typer.Argument(help="the command queue (not its .poison queue)")]
 Ids = Annotated[list[str] | None, typer.Option("--id", help="this message id (repeatable)")]

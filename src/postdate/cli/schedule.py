@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from postdate.cli.common import Json, fail, parse_span, parse_time, print_json
+from postdate.cli._errors import CliTyper, fail
+from postdate.cli.common import Json, parse_span, parse_time, print_json
 from postdate.cli.database import Db, database_url, on_schedule, shown
 from postdate.cli.schedule_cancel import CancelWhere, cancel, cancel_report
 from postdate.cli.schedule_view import (
@@ -26,7 +27,7 @@ from postdate.cli.schedule_view import (
 )
 from postdate.schedule import ScheduleStore, Timeline, Trimmed
 
-app = typer.Typer(help="The schedule: what is coming, what happened; cancel, reschedule.")
+app = CliTyper(help="The schedule: what is coming, what happened; cancel, reschedule.")
 
 _TIME_HELP = "ISO 8601, e.g. 2026-11-25T17:00Z; without an offset it is UTC"
 
@@ -42,7 +43,8 @@ Limit = Annotated[int, typer.Option(min=1, help="rows to print")]
 
 @app.command("init")
 def schedule_init(db: Db = None) -> None:
-    """Create the outbox and schedule tables that are missing (never alters one)."""
+    """Create the outbox and schedule tables that are missing; upgrade an old SQLite
+    tombstone table in place (its ids could come back after a trim)."""
     url = database_url(db)
     on_schedule(url, lambda store: store.create_tables())
     typer.echo(f"the schedule's tables are in place in {shown(url)}")

@@ -9,7 +9,8 @@ from typing import Any
 
 import typer
 
-from postdate.cli.common import EXIT_FOUND_NOTHING, fail, print_json, progress_bar
+from postdate.cli._errors import EXIT_FOUND_NOTHING, fail
+from postdate.cli.common import print_json, progress_bar
 from postdate.schedule import CancelResult, ScheduleStore
 
 PROGRESS_ABOVE = 100  # ids: a progress bar when cancelling more

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from postdate.cli.common import print_json
+from postdate.cli.common import overdue_note, print_json
 from postdate.schedule import HistoryEntry, OutcomeCount, Scheduled, Timeline
 
 OUTCOME_ORDER = ("scheduled", "handled", "retried", "skipped", "poisoned", "cancelled")
@@ -63,7 +63,7 @@ def _footer(count: int, limit: int, what: str) -> None:
     typer.echo(f"{count:,} {what}{more}")
 
 
-def _scheduled_json(row: Scheduled) -> dict[str, Any]:
+def _scheduled_json(row: Scheduled, now: datetime) -> dict[str, Any]:
     return {
         "message_id": row.message_id,
         "type": row.type,
@@ -73,6 +73,7 @@ def _scheduled_json(row: Scheduled) -> dict[str, Any]:
         "scheduled_at": iso(row.scheduled_at),
         "published_at": iso(row.published_at),
         "attempts": row.attempts,
+        "overdue": row.overdue_at(now),
     }
 
 
@@ -91,12 +92,16 @@ def _history_json(entry: HistoryEntry) -> dict[str, Any]:
 
 
 def show_upcoming(rows: Sequence[Scheduled], limit: int, as_json: bool) -> None:
-    """`upcoming`'s commands still to come, at most ``limit`` of them."""
+    """`upcoming`'s commands still to come, at most ``limit`` of them; those overdue (due,
+    and not published: no relay runs) are marked and counted."""
+    now = datetime.now(UTC)
+    overdue = sum(row.overdue_at(now) for row in rows)
     if as_json:
-        print_json({"upcoming": [_scheduled_json(row) for row in rows], "limit": limit})
+        listed = [_scheduled_json(row, now) for row in rows]
+        print_json({"upcoming": listed, "limit": limit, "overdue": overdue})
         return
     print_table(
-        ["due (UTC)", "type", "message id", "correlation id", "published", "attempts"],
+        ["due (UTC)", "type", "message id", "correlation id", "published", "overdue", "attempts"],
         [
             [
                 utc_time(row.due_at),
@@ -104,6 +109,7 @@ def show_upcoming(rows: Sequence[Scheduled], limit: int, as_json: bool) -> None:
                 row.message_id,
                 row.correlation_id or "-",
                 "yes" if row.published_at else "no",
+                "yes" if row.overdue_at(now) else "no",
                 str(row.attempts),
             ]
             for row in rows
@@ -111,6 +117,8 @@ def show_upcoming(rows: Sequence[Scheduled], limit: int, as_json: bool) -> None:
         right=1,
     )
     _footer(len(rows), limit, "upcoming")
+    if overdue:
+        typer.secho(f"{overdue_note(overdue)}", fg=typer.colors.YELLOW)
 
 
 def show_history(entries: Sequence[HistoryEntry], limit: int, as_json: bool) -> None:

@@ -1,4 +1,7 @@
-"""`postdate status`: what waits where; exit 1 when something waits for an operator."""
+"""`postdate status`: what waits where; exit 1 when something waits for an operator.
+
+With ``POSTDATE_SCHEDULE_URL`` set it also counts the outbox's overdue commands: due, and
+still not published (no relay is running)."""
 
 from __future__ import annotations
 
@@ -15,12 +18,13 @@ from postdate._settings import Settings
 from postdate.broker._declare import queue_states
 from postdate.broker._registry import registered
 from postdate.broker._topology import Names, poison_queue, retry_queue
+from postdate.cli._errors import EXIT_FOUND_NOTHING
 from postdate.cli.common import (
-    EXIT_FOUND_NOTHING,
     AppSpec,
     Json,
     cli_connect,
     load_app,
+    overdue_note,
     print_json,
     run_async,
 )
@@ -47,12 +51,21 @@ class CommandQueue:
 
 
 @dataclass
+class ScheduleCheck:
+    """The outbox's overdue commands (None when they could not be counted: ``error``)."""
+
+    overdue: int | None
+    error: str | None = None
+
+
+@dataclass
 class Report:
     """Everything ``status`` shows."""
 
     ladder: list[Depth]
     unroutable: Depth
     queues: list[CommandQueue]
+    schedule: ScheduleCheck | None = None  # without POSTDATE_SCHEDULE_URL: not looked at
 
     @property
     def waiting_for_an_operator(self) -> list[str]:
@@ -95,6 +108,30 @@ async def _report(connection: AbstractConnection, prefix: str, app: Consumer | N
     return Report(ladder, await _depth(connection, names.unroutable), entries)
 
 
+async def _schedule_check(url: str) -> ScheduleCheck:
+    """Count the overdue commands in the outbox at ``url``; a database that cannot be read
+    is said in ``error``."""
+    try:  # the schedule needs the sql extra: status works without it
+        from postdate.cli.status_schedule import count_overdue
+    except ModuleNotFoundError as missing:
+        return ScheduleCheck(None, str(missing))
+    count, problem = await count_overdue(url)
+    return ScheduleCheck(count, problem)
+
+
+def _print_schedule(check: ScheduleCheck | None) -> None:
+    if check is None:
+        return
+    if check.overdue is None:
+        typer.secho(
+            f"schedule: cannot count overdue commands: {check.error}", fg=typer.colors.YELLOW
+        )
+    elif check.overdue:
+        typer.secho(f"schedule: {overdue_note(check.overdue)}", fg=typer.colors.YELLOW)
+    else:
+        typer.echo("schedule: no overdue commands")
+
+
 def _count(depth: Depth) -> str:
     return "missing" if depth.messages is None else f"{depth.messages:,}"
 
@@ -120,6 +157,7 @@ def _print(report: Report, all_levels: bool) -> None:
     for queue in report.waiting_for_an_operator:
         doing = "messages wait in" if parked[queue].messages else "a run is reading"
         typer.secho(f"attention: {doing} {queue}", fg=typer.colors.YELLOW)
+    _print_schedule(report.schedule)
 
 
 def _as_json(report: Report) -> dict[str, object]:
@@ -129,6 +167,7 @@ def _as_json(report: Report) -> dict[str, object]:
         "unroutable": asdict(report.unroutable),
         "queues": [asdict(entry) for entry in report.queues],
         "attention": report.waiting_for_an_operator,
+        "schedule": None if report.schedule is None else asdict(report.schedule),
     }
 
 
@@ -147,6 +186,8 @@ def status(
         async with await cli_connect(settings, "status") as connection:
             while True:
                 report = await _report(connection, settings.prefix, app)
+                if settings.schedule_url is not None:
+                    report.schedule = await _schedule_check(settings.schedule_url)
                 if watch is None:
                     return report
                 if not as_json:

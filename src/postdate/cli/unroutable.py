@@ -8,20 +8,12 @@ import typer
 
 from postdate._settings import Settings
 from postdate.broker._topology import Names
-from postdate.cli.common import (
-    EXIT_FOUND_NOTHING,
-    Json,
-    cli_connect,
-    fail,
-    on_broker,
-    print_json,
-    progress_bar,
-    run_async,
-)
+from postdate.cli._errors import EXIT_FOUND_NOTHING, CliTyper, fail
+from postdate.cli.common import Json, cli_connect, on_broker, print_json, progress_bar, run_async
 from postdate.parking._unroutable import Redelivery, count_unroutable, redeliver_unroutable
 from postdate.publish._publisher import Publisher
 
-app = typer.Typer(help="Commands whose queue did not exist at delivery time.")
+app = CliTyper(help="Commands whose queue did not exist at delivery time.")
 
 
 @app.command("list")

@@ -96,8 +96,8 @@ class Context:
         at: datetime | None = None,
         message_id: str | None = None,
     ) -> str:
-        """Alias of :meth:`follow_up` (awaitable), kept for handlers written before it was
-        renamed: despite its name it sends nothing by itself, it queues a follow-up.
+        """:meth:`follow_up`, awaitable: despite its name it sends nothing by itself, it
+        queues a follow-up that the worker publishes before it acks the current message.
 
         Raises:
             DelayError: the delay cannot be scheduled.

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
@@ -46,7 +47,9 @@ from postdate.parking._poison import safe_repr
 from postdate.publish._confirm import raise_first
 from postdate.publish._envelope import Envelope, copy_properties
 from postdate.publish._publisher import Publisher
-from postdate.schedule.watch import CancelWatch
+
+if TYPE_CHECKING:  # the schedule needs the sql extra; a worker without one never loads it
+    from postdate.schedule.watch import CancelWatch
 
 # The latest a delivery may come before its due time and be held for it: the ladder's
 # lead, the sub-second remainder it does not carry, and half a second of clock skew

@@ -12,26 +12,28 @@ import os
 import signal
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
-import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from postdate._errors import CommandDefinitionError
 from postdate._outcomes import Outcome
 from postdate._settings import Settings
 from postdate.broker._connection import connect
-from postdate.broker._declare import declare_topology, queue_states
+from postdate.broker._declare import declare_topology
 from postdate.broker._registry import register
-from postdate.broker._topology import Names
 from postdate.consume import _heap as heap
+from postdate.consume._catch_all import deliver_parked_commands, watch_unroutable
 from postdate.consume._consumer import Consumer
+from postdate.consume._consuming import (
+    Consumers,
+    OnMessage,
+    delivery_callback,
+    is_connected,
+    is_consuming,
+    start_consuming,
+)
 from postdate.consume._dispatch import Dispatcher
 from postdate.observe import _metrics as metrics
 from postdate.observe._health import (
@@ -43,9 +45,11 @@ from postdate.observe._health import (
     serve_health,
 )
 from postdate.observe._logs import get_logger
-from postdate.parking._unroutable import UNROUTABLE_POLL_SECONDS, redeliver_unroutable
+from postdate.parking._unroutable import UNROUTABLE_POLL_SECONDS
 from postdate.publish._publisher import Publisher
-from postdate.schedule import CancelWatch, ScheduleStore
+
+if TYPE_CHECKING:  # the schedule needs the sql extra; loaded only when configured
+    from postdate.schedule import CancelWatch, ScheduleStore
 
 log = get_logger(__name__)
 
@@ -62,7 +66,8 @@ class Worker:
     With ``settings.metrics_port`` set, it serves ``/metrics``, ``/healthz`` and
     ``/readyz`` there (see :mod:`postdate.observe._health`) and reads the depth of its queues'
     poison queues every ``poison_poll_seconds``. Every ``unroutable_poll_seconds`` it
-    looks at the catch-all queue and sends on what waits there for its queues.
+    looks at the catch-all queue and sends on what waits there for its queues
+    (:mod:`postdate.consume._catch_all`). Both intervals are read at start.
 
     With a ``schedule`` store (or ``settings.schedule_url``), cancelled commands are acked
     as ``cancelled`` without calling their handler, and every outcome is recorded there.
@@ -92,7 +97,7 @@ class Worker:
         )
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._consumers: Consumers = []
         self._in_flight: set[asyncio.Task[object]] = set()
         self._stopped = asyncio.Event()
         self._health: HealthServer | None = None
@@ -103,7 +108,7 @@ class Worker:
         self._unroutable_watch: asyncio.Task[None] | None = None
         url = self.settings.schedule_url
         self._owns_schedule = schedule is None and url is not None
-        self.schedule = ScheduleStore.from_url(url) if schedule is None and url else schedule
+        self.schedule = _store_at(url) if schedule is None and url else schedule
         self._cancel_watch: CancelWatch | None = None
         self.unroutable_poll_seconds = UNROUTABLE_POLL_SECONDS
 
@@ -170,23 +175,25 @@ class Worker:
             attempts=self.settings.connect_attempts,
             attempt_timeout=self.settings.connect_timeout,
         )
-        metrics.track_connected(self, self._is_connected)
+        metrics.track_connected(self, lambda: is_connected(self._connection))
         topology = self.app.topology(self.settings.prefix, self.settings.delivery_limit)
         await declare_topology(self._connection, topology)
         await self._register_queues()
-        await self._deliver_parked_commands()
+        await deliver_parked_commands(self._connection, self.publisher, self.app.queues())
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self.settings.prefetch)
-        specs = {spec.name: spec for spec in topology.queues}
-        for name in self.app.queues():
-            # Declared (not merely looked up) through the robust channel, so that the
-            # queue and its consumer are restored after a reconnect.
-            queue = await self._channel.declare_queue(
-                name, durable=True, arguments=dict(specs[name].arguments)
+        await start_consuming(
+            self._channel, topology, self._delivery_callback, self._consumers, self.app.queues()
+        )
+        self._unroutable_watch = asyncio.create_task(
+            watch_unroutable(
+                self._connection,
+                self.publisher,
+                self.settings.prefix,
+                self.app.queues(),
+                self.unroutable_poll_seconds,
             )
-            tag = await queue.consume(self._on_message(name))
-            self._consumers.append((queue, tag))
-        self._unroutable_watch = asyncio.create_task(self._watch_unroutable())
+        )
         if self._health is not None:
             self._poison_poller = asyncio.create_task(
                 poll_poison_depths(self._connection, self.app.queues(), self.poison_poll_seconds)
@@ -202,30 +209,12 @@ class Worker:
         """
         if self._stopping.is_set():
             return "stopping"
-        if not self._is_connected():
+        if not is_connected(self._connection):
             return "not connected"
-        if not await self._is_consuming():
+        # Returns at once: the connection is up (checked just before, nothing awaited since).
+        if not await is_consuming(self._channel, self._consumers, len(self.app.queues())):
             return "not consuming"
         return None
-
-    def _is_connected(self) -> bool:
-        """Whether the consuming connection is open (cheap; read from any thread)."""
-        connection = self._connection
-        if connection is None or connection.is_closed or not connection.connected.is_set():
-            return False
-        transport = connection.transport
-        return transport is not None and not transport.connection.is_closed
-
-    async def _is_consuming(self) -> bool:
-        """Whether the channel is open with all of this worker's consumers registered."""
-        channel = self._channel
-        if channel is None or channel.is_closed or len(self._consumers) < len(self.app.queues()):
-            return False
-        # Returns at once: the connection is up (checked just before, nothing awaited since).
-        underlay = await channel.get_underlay_channel()
-        if not isinstance(underlay, aiormq.Channel):
-            return False
-        return all(tag in underlay.consumers for _, tag in self._consumers)
 
     async def _register_queues(self) -> None:
         """Register the app's queues (for status). A failure is logged, not raised."""
@@ -235,78 +224,8 @@ class Worker:
         except Exception as exc:  # status lists the queues once a later start registers
             log.warning("worker.register.failed", error=repr(exc))
 
-    async def _deliver_parked_commands(self) -> int | None:
-        """Send on commands for this worker's queues that wait in the catch-all queue, and
-        return how many stay there (for other queues), or None when it could not be read.
-
-        Commands land there when their queue did not exist at delivery: sent before any
-        worker declared it, or dead-lettered out of the ladder while a restarting broker
-        had not yet recovered its bindings. A failure is logged: it must not keep the
-        worker from consuming.
-        """
-        assert self._connection is not None
-        try:
-            result = await redeliver_unroutable(self._connection, self.publisher, self.app.queues())
-        except Exception as exc:
-            log.warning("worker.unroutable.unchecked", error=repr(exc))
-            return None
-        if result.tally.moved:
-            log.warning(
-                "worker.unroutable.redelivered",
-                commands=len(result.tally.moved),
-                detail="commands that found no queue at delivery were sent on",
-            )
-        if result.tally.error is not None:
-            log.error("worker.unroutable.stopped", error=str(result.tally.error))
-        return result.tally.parked - len(result.tally.moved)
-
-    async def _watch_unroutable(self) -> None:
-        """Until cancelled: every ``unroutable_poll_seconds``, read the catch-all queue's
-        depth, and send on its commands when it grew since the last look (a broker
-        restart can route ladder commands there while their bindings are not yet back).
-        """
-        assert self._connection is not None
-        catch_all = Names(self.settings.prefix).unroutable
-        left: int | None = 0
-        while True:
-            await asyncio.sleep(self.unroutable_poll_seconds)
-            try:
-                state = (await queue_states(self._connection, [catch_all]))[catch_all]
-            except Exception as exc:
-                log.debug("worker.unroutable.unread", error=repr(exc))
-                continue
-            if state is not None and (left is None or state.messages > left):
-                left = await self._deliver_parked_commands()
-
-    def _on_message(self, queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        in_flight = metrics.in_flight(queue)
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._in_flight.add(task)
-            in_flight.inc()
-            try:
-                if self._stopping.is_set():
-                    return  # left unacked: redelivered after we close
-                await self.dispatcher.process(message, queue)
-            except asyncio.CancelledError:  # the grace period ended, or the channel closed
-                reason = (
-                    "cut off by the grace period"
-                    if self._stopping.is_set()
-                    else "channel closed: will be redelivered"
-                )
-                self.dispatcher.abandoned(message, queue, reason)
-                raise
-            except Exception:  # a bug of ours: give the delivery back, keep running
-                log.exception("worker.dispatch_failed", message_id=message.message_id)
-                with suppress(Exception):
-                    await self.dispatcher.give_back(message)
-            finally:
-                in_flight.dec()
-                self._in_flight.discard(task)
-
-        return on_message
+    def _delivery_callback(self, queue: str) -> OnMessage:
+        return delivery_callback(self.dispatcher, queue, self._stopping, self._in_flight)
 
     async def stop(self, grace_period: float | None = None) -> None:
         """Stop consuming, finish running handlers within the grace period, then close."""
@@ -391,3 +310,14 @@ def run(app: Consumer, settings: Settings | None = None) -> None:
     configure_logging()
     heap.tune_for_worker()
     asyncio.run(Worker(app, settings).run_until_signalled())
+
+
+def _store_at(url: str) -> ScheduleStore:
+    """The schedule store at ``url`` (imported here: it needs the sql extra).
+
+    Raises:
+        ModuleNotFoundError: the sql extra is not installed (the message names it).
+    """
+    from postdate.schedule import ScheduleStore
+
+    return ScheduleStore.from_url(url)

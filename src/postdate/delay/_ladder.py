@@ -1,19 +1,12 @@
-"""The binary delay ladder as pure functions: routing keys, levels, and the due-time split.
+"""The binary delay ladder as pure functions: hop keys, levels, and the due-time split.
 
 A delay of ``s`` whole seconds visits ladder level ``L`` (TTL ``2**L`` s) for every set
 bit ``L`` of ``s``, highest first, then the deliver exchange. The message carries one
 literal key per hop in its CC header (:func:`hop_keys`): ``~3>0`` moves it from level 3
 to level 0, ``~0>`` from level 0 to the deliver exchange, and ``~>orders.expire`` from
 there into its command queue. Each key is matched once, exactly, by the exchange it is
-meant for.
-
-Before, the message carried the bits as 28 words, then the queue
-(``0.0.(...).1.0.1.orders.expire``, :func:`routing_key`), matched by wildcard bindings.
-RabbitMQ's dead-letter workers spent most of their time matching those 30-word keys
-against the wildcards (``recon:proc_window`` on a 20,000-command burst), and a hop
-through a topic exchange dead-lettered 3.7-4.0k messages a second against 6.9-7.6k with
-a short literal key. The old bindings stay declared so that commands published in the
-old layout still drain.
+meant for: short literal keys keep RabbitMQ's dead-letter workers from spending their
+time matching keys against wildcard patterns.
 """
 
 from __future__ import annotations
@@ -23,7 +16,7 @@ import math
 from datetime import datetime, timedelta
 
 from postdate._clock import require_aware
-from postdate._errors import DelayError, InvalidArgument
+from postdate._errors import DelayError
 
 LEVELS = 28
 MAX_DELAY_SECONDS = 2**LEVELS - 1
@@ -55,37 +48,12 @@ def deliver_key(queue: str) -> str:
     return f"~>{queue}"
 
 
-@functools.lru_cache(maxsize=4096, typed=True)
-def routing_key(seconds: int, queue: str) -> str:
-    """The old layout's routing key for a delay of ``seconds`` whole seconds to ``queue``:
-    28 bit words, then the queue. The ladder publishes with it no more; its bindings stay
-    for commands still pending from before (see the module's docstring). The plugin
-    backend still routes on it (``delay_ms=0``'s key into ``P.delayed``): one match per
-    message, not one per hop.
+def levels(seconds: int) -> list[int]:
+    """The ladder levels a delay visits, in the order it visits them (highest first).
 
     Raises:
         DelayError: ``seconds`` is negative or above :data:`MAX_DELAY_SECONDS`.
     """
-    check_seconds(seconds)
-    bits = format(seconds, f"0{LEVELS}b")
-    return ".".join(bits) + "." + queue
-
-
-def decode_routing_key(key: str) -> tuple[int, str]:
-    """Split a ladder routing key back into ``(seconds, queue)``.
-
-    Raises:
-        InvalidArgument: the key does not start with 28 bit words followed by a queue.
-    """
-    words = key.split(".")
-    bits, queue_words = words[:LEVELS], words[LEVELS:]
-    if len(bits) != LEVELS or not queue_words or any(bit not in ("0", "1") for bit in bits):
-        raise InvalidArgument(f"not a ladder routing key: {key!r}")
-    return int("".join(bits), 2), ".".join(queue_words)
-
-
-def levels(seconds: int) -> list[int]:
-    """The ladder levels a delay visits, in the order it visits them (highest first)."""
     check_seconds(seconds)
     return [level for level in range(LEVELS - 1, -1, -1) if seconds >> level & 1]
 

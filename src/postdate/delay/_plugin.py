@@ -3,11 +3,10 @@
 The plugin (``rabbitmq_delayed_message_exchange``) adds the exchange type
 ``x-delayed-message``: a message published to it with an ``x-delay`` header (ms) is held
 by the plugin, then routed as its ``x-delayed-type`` exchange would route it. Here that is
-``P.delayed``, a topic exchange in disguise, binding each command queue with the very
-pattern ``P.deliver`` binds it with (:func:`~postdate.broker._topology.command_queue_pattern`),
-and a publish carries the ladder's deliver key (no bit set, then the queue): one function
-decides what reaches a queue whichever backend carried it, so ``a.b`` never catches
-``b``'s commands here either.
+``P.delayed``, a topic exchange in disguise. A publish carries :func:`plugin_key` (the
+ladder's deliver key, ``~>orders.expire``) and each command queue is bound with that very
+key: a literal key of words that queue names cannot hold a wildcard in, so it matches
+exactly one queue's binding and ``a.b`` never catches ``b``'s commands.
 
 Its documented limits, and what this module does about them:
 
@@ -33,7 +32,6 @@ from postdate.broker._topology import (
     ExchangeType,
     Names,
     Topology,
-    command_queue_pattern,
 )
 from postdate.delay import _ladder as ladder
 from postdate.delay import _routing as scheduling
@@ -61,9 +59,15 @@ def delayed_exchange(prefix: str) -> ExchangeSpec:
     )
 
 
+def plugin_key(queue: str) -> str:
+    """The key ``P.delayed`` routes into command queue ``queue``: both the routing key of
+    a publish and the binding key of the queue (the deliver key ``P.deliver`` uses)."""
+    return ladder.deliver_key(queue)
+
+
 def queue_binding(prefix: str, queue: str) -> BindingSpec:
-    """The binding of command queue ``queue`` on ``P.delayed`` (as on ``P.deliver``)."""
-    return BindingSpec(Names(prefix).delayed, queue, command_queue_pattern(queue))
+    """The binding of command queue ``queue`` on ``P.delayed``, by :func:`plugin_key`."""
+    return BindingSpec(Names(prefix).delayed, queue, plugin_key(queue))
 
 
 def plugin_topology(prefix: str, queues: tuple[str, ...] = ()) -> Topology:
@@ -99,7 +103,7 @@ def route(names: Names, envelope: Envelope, now: datetime) -> Route:
     """Where ``envelope`` is published at ``now`` through the plugin.
 
     A delay of 0 goes straight to ``P.deliver`` (mandatory, as the ladder sends it);
-    any other into ``P.delayed`` with the deliver key and ``x-delay``. A delay above
+    any other into ``P.delayed`` with :func:`plugin_key` and ``x-delay``. A delay above
     :data:`LONG_DELAY` logs a warning naming the ladder (:func:`warn_long_delay`).
 
     Raises:
@@ -110,7 +114,7 @@ def route(names: Names, envelope: Envelope, now: datetime) -> Route:
         return scheduling.route(names, envelope.queue, 0)
     if millis > LONG_DELAY / _MILLISECOND:
         warn_long_delay(envelope.queue, timedelta(milliseconds=millis))
-    return Route(names.delayed, ladder.routing_key(0, envelope.queue), delay_ms=millis)
+    return Route(names.delayed, plugin_key(envelope.queue), delay_ms=millis)
 
 
 def warn_long_delay(queue: str, delay: timedelta) -> bool:

@@ -20,22 +20,19 @@ never a loss), so no batch job ever has to repair anything. Several relays may r
 databases with ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL, MySQL 8, Oracle): each
 locks its own batch until it marked it sent. Elsewhere (SQLite) run exactly one relay.
 
-Sent rows keep their exact due time, so the schedule stays queryable: :func:`upcoming`
-lists what is coming for one correlation id (e.g. an order), :func:`schedule_overview`
-counts everything by due-time bucket. :func:`purge_sent` removes rows long past due.
+Sent rows keep their exact due time. What is coming, what happened, counts per hour and
+trimming are the schedule's questions: :class:`postdate.schedule.ScheduleStore`.
 
-Create the table with ``outbox_metadata.create_all(connection)`` (or copy
-:data:`outbox_table` into your migrations).
+Create the tables with ``await connection.run_sync(create_tables)`` (or copy
+:data:`outbox_metadata`'s tables into your migrations). ``postdate relay`` runs a relay
+as a process.
 """
 
-from postdate.outbox.queries import (
-    DueBucket,
-    get,
-    pending_count,
-    purge_sent,
-    schedule_overview,
-    upcoming,
-)
+from postdate._extras import require
+
+require("sqlalchemy", "postdate.outbox", extra="sql")
+
+from postdate.outbox.queries import get, pending_count
 from postdate.outbox.relay import (
     LOCKING_DIALECTS,
     BatchHook,
@@ -47,6 +44,7 @@ from postdate.outbox.schema import (
     TABLE_NAME,
     OutboxRow,
     UTCDateTime,
+    create_tables,
     outbox_metadata,
     outbox_table,
 )
@@ -56,19 +54,16 @@ __all__ = [
     "LOCKING_DIALECTS",
     "TABLE_NAME",
     "BatchHook",
-    "DueBucket",
     "OutboxRelay",
     "OutboxRow",
     "RelayHooks",
     "UTCDateTime",
+    "create_tables",
     "envelope_for_row",
     "get",
     "outbox_metadata",
     "outbox_table",
     "pending_count",
-    "purge_sent",
     "schedule",
     "schedule_many",
-    "schedule_overview",
-    "upcoming",
 ]

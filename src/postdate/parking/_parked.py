@@ -1,36 +1,37 @@
 """Reading and moving parked messages: poison queues and the catch-all queue.
 
-A run (a read or a move) first takes the queue's read lock: an exclusive queue named
-``<queue>.lock``, which the broker deletes with the connection that holds it, so an
-operator killed mid-run never leaves it behind. A second run on the same queue waits
-for the first to end. The run notes the queue's depth and consumes exactly that many
-messages, in order: those parked when it started, never one that was parked again
-while it ran. What it reads but does not remove is held unacked only while it runs.
-A move publishes a copy, waits for the broker's confirm, and only then acks (removes)
-the original: a run killed at any point leaves each message parked, moved, or both.
+A run (a read or a move) first takes the queue's read lock
+(:mod:`postdate.parking._lock`): a second run on the same queue waits for the first to
+end. The run notes the queue's depth and consumes exactly that many messages, in order:
+those parked when it started, never one that was parked again while it ran. What it
+reads but does not remove is held unacked only while it runs. A move publishes a copy,
+waits for the broker's confirm, and only then acks (removes) the original: a run killed
+at any point leaves each message parked, moved, or both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple, Self
 
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from postdate._errors import PostdateError, QueueNotFound, ReadLockBusy
-from postdate.broker._declare import close_quietly, queue_states
+from postdate.broker._connection import close_quietly
+from postdate.broker._declare import queue_states
 from postdate.observe._logs import get_logger
+from postdate.parking._lock import (
+    LOCK_POLL_SECONDS,
+    LOCK_WAIT_SECONDS,
+    local_lock,
+    release_lock,
+    take_lock,
+)
 
 if TYPE_CHECKING:
     from postdate.publish._publisher import Publisher
@@ -39,9 +40,6 @@ Properties = aiormq.spec.Basic.Properties
 
 log = get_logger(__name__)
 
-LOCK_SUFFIX = ".lock"
-LOCK_WAIT_SECONDS = 30.0
-LOCK_POLL_SECONDS = 0.2
 # basic.qos prefetch_count is 16 bits: a run holds at most this many messages at once.
 MAX_HELD = 65_535
 # A run ends early when no message came for this long (another client took some).
@@ -110,9 +108,9 @@ class ParkedRead:
 
     async def __aenter__(self) -> Self:
         """Take this process's lock, then the broker's, then note the depth."""
-        await _local_lock(self.queue).acquire()
+        await local_lock(self.queue).acquire()
         try:
-            self._lock = await self._take_lock()
+            self._lock = await take_lock(self.connection, self.queue, self.lock_wait)
             self._reader = await self.connection.channel()
             self.depth = await self._depth()
         except BaseException:
@@ -150,26 +148,6 @@ class ParkedRead:
                     return
                 yield message
 
-    async def _take_lock(self) -> AbstractChannel:
-        lock = self.queue + LOCK_SUFFIX
-        deadline = asyncio.get_running_loop().time() + self.lock_wait
-        while True:
-            channel = await self.connection.channel()
-            try:
-                await _declare_lock(channel, lock)
-                return channel
-            except aiormq.exceptions.ChannelLockedResource:
-                await close_quietly(channel)
-            except BaseException:
-                await close_quietly(channel)
-                raise
-            if asyncio.get_running_loop().time() >= deadline:
-                raise ReadLockBusy(
-                    f"another run on {self.queue} (a list, replay or purge) did not end "
-                    f"within {self.lock_wait:g} s; try again when it has"
-                )
-            await asyncio.sleep(LOCK_POLL_SECONDS)
-
     async def _depth(self) -> int:
         """The ready messages, once no earlier run holds any: a run's unacked messages
         go back only after the broker processed its channel's close, and only runs
@@ -195,38 +173,15 @@ class ParkedRead:
         except TimeoutError:
             log.warning("parked.release.timeout", queue=self.queue)
         finally:
-            _local_lock(self.queue).release()
+            local_lock(self.queue).release()
 
     async def _give_back(self) -> None:
         if self._reader is not None:
             await close_quietly(self._reader)  # unacked messages go back, in order
             self._reader = None
         if self._lock is not None:
-            if not self._lock.is_closed:
-                with suppress(Exception):
-                    await self._lock.queue_delete(self.queue + LOCK_SUFFIX)
-            await close_quietly(self._lock)
+            await release_lock(self._lock, self.queue)
             self._lock = None
-
-
-async def _declare_lock(channel: AbstractChannel, lock: str) -> None:
-    if isinstance(channel, AbstractRobustChannel):
-        # Not restored after a reconnect: that would take the lock behind our back.
-        await channel.declare_queue(lock, exclusive=True, durable=False, robust=False)
-    else:
-        await channel.declare_queue(lock, exclusive=True, durable=False)
-
-
-_local_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _local_lock(queue: str) -> asyncio.Lock:
-    """The lock of ``queue`` within this process (and event loop): the broker's exclusive
-    queue belongs to a connection, and runs on one connection would share it."""
-    locks = _local_locks.setdefault(asyncio.get_running_loop(), {})
-    return locks.setdefault(queue, asyncio.Lock())
 
 
 async def read_parked(

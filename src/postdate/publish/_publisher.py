@@ -8,7 +8,6 @@ goes out through the one confirmed-publish path,
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -19,34 +18,19 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from postdate._command import Command
-from postdate._errors import (
-    DelayError,
-    PostdateError,
-    PublisherNotStarted,
-    PublishTimeout,
-)
+from postdate._errors import DelayError, PostdateError, PublisherNotStarted
 from postdate._settings import Settings
 from postdate.broker._connection import connect
-from postdate.broker._declare import declare_topology, exchange_exists, queue_exists
-from postdate.broker._registry import register
-from postdate.broker._topology import (
-    BindingSpec,
-    Names,
-    Topology,
-    command_queue_topology,
-    ladder_topology,
-)
-from postdate.delay import _ladder as ladder
+from postdate.broker._declare import declare_topology
+from postdate.broker._topology import Names, Topology, ladder_topology
 from postdate.delay import _routing as scheduling
 from postdate.delay._backend import LADDER, Backend, choose
 from postdate.delay._routing import When
-from postdate.observe._logs import get_logger
 from postdate.publish._confirm import PIPELINE_WINDOW, ConfirmedChannel, Outgoing, Plan, raise_first
 from postdate.publish._envelope import Envelope
+from postdate.publish._queues import QueueCheck
 
 Properties = aiormq.spec.Basic.Properties
-
-log = get_logger(__name__)
 
 
 class Publisher:
@@ -76,12 +60,9 @@ class Publisher:
         self._connection_name = connection_name or f"postdate-publisher-{os.getpid()}"
         self._connection: AbstractRobustConnection | None = None
         self._confirms: ConfirmedChannel | None = None
-        self._queues_seen: set[str] = set()
-        self._unregistered: set[str] = set()
+        self._queues = QueueCheck(self.settings)
         # How delayed commands travel (POSTDATE_BACKEND); chosen at start.
         self.backend: Backend = LADDER
-        # Command queues this publisher had to declare: no worker had declared them.
-        self.declared_queues: list[str] = []
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: object) -> Publisher:
@@ -137,6 +118,11 @@ class Publisher:
         except BaseException:
             await self.close()
             raise
+
+    @property
+    def declared_queues(self) -> list[str]:
+        """Command queues this publisher had to declare: no worker had declared them."""
+        return self._queues.declared
 
     @property
     def channel_renewals(self) -> int:
@@ -221,13 +207,14 @@ class Publisher:
         typed error (:class:`DelayError` for a due time beyond the ladder's reach, a
         :class:`PublishError` otherwise; a :class:`PublishTimeout` may have arrived).
 
-        The first publish to a queue makes sure the queue exists: a command queue no
-        worker has declared yet (the first deploy) is declared, with its poison queue,
-        as its worker declares it, and a warning is logged. The plugin backend then binds
-        it on its exchange (the plugin cannot honour ``mandatory``). With
-        ``declare_queues=False`` (a worker's paths: the queue is named by a message, not by
-        the application) nothing is declared: a command for a missing queue goes to the
-        catch-all queue through the ladder's deliver exchange.
+        The first publish to a queue makes sure the queue exists
+        (:mod:`postdate.publish._queues`): a command queue no worker has declared yet (the
+        first deploy) is declared, with its poison queue, as its worker declares it, and a
+        warning is logged. The plugin backend then binds it on its exchange (the plugin
+        cannot honour ``mandatory``). With ``declare_queues=False`` (a worker's paths: the
+        queue is named by a message, not by the application) nothing is declared: a
+        command for a missing queue goes to the catch-all queue through the ladder's
+        deliver exchange.
 
         Raises:
             PublisherNotStarted: not started, or closed.
@@ -238,92 +225,9 @@ class Publisher:
             TopologyMismatch: see :func:`~postdate.broker._declare.declare_topology`.
         """
         queues = {envelope.queue for envelope in envelopes}
-        if self._unregistered or not queues <= self._queues_seen:  # else nothing to ensure
-            await self._ensure_queues(queues, declare_queues)
+        if self._queues.needed(queues):
+            await self._queues.ensure(self._connection, self.backend, queues, declare_queues)
         return await self._confirmed([self._plan(envelope) for envelope in envelopes])
-
-    async def _ensure_queues(self, queues: set[str], declare: bool = True) -> None:
-        new = queues - self._queues_seen
-        if not new and not self._unregistered:
-            return
-        if self._connection is None:
-            raise PublisherNotStarted("Publisher is not started: use `async with Publisher(...)`")
-        try:
-            async with asyncio.timeout(self.settings.publish_timeout):
-                await self._declare_missing(self._connection, new, declare)
-        except TimeoutError:
-            raise PublishTimeout(
-                f"could not make sure queue(s) {sorted(new)} exist within "
-                f"{self.settings.publish_timeout} s; nothing was published"
-            ) from None
-        await self._register(self._connection)
-
-    async def _declare_missing(
-        self, connection: AbstractRobustConnection, new: set[str], declare: bool
-    ) -> None:
-        missing = [queue for queue in sorted(new) if not await queue_exists(connection, queue)]
-        if missing and not declare:
-            # The ladder's deliver exchange sends them to the catch-all queue; the plugin,
-            # which cannot, refuses them here (PublishReturned). Looked at again next time.
-            await self.backend.prepare(connection, self.settings.prefix, new)
-            self._queues_seen |= new - set(missing)
-            return
-        if missing and not await exchange_exists(connection, self.names.deliver):
-            # No ladder: a ladder publish is returned, and its error says to declare it;
-            # the plugin's, not mandatory, is refused here (a missing queue is not bound).
-            await self.backend.prepare(connection, self.settings.prefix, new)
-            return
-        for queue in missing:
-            await self._declare_command_queue(connection, queue)
-        await self._bind_deliver_keys(connection, sorted(new - set(missing)))
-        await self.backend.prepare(connection, self.settings.prefix, new)
-        self._unregistered |= set(missing)
-        self._queues_seen |= new
-
-    async def _bind_deliver_keys(
-        self, connection: AbstractRobustConnection, queues: list[str]
-    ) -> None:
-        """Bind each existing queue's deliver key (``~>Q``): a queue declared by a worker of
-        the version before the literal hop keys has only the old pattern, and this
-        publisher's commands would wait in the catch-all queue until a worker of this
-        version starts. Binding is idempotent."""
-        if not queues or not await exchange_exists(connection, self.names.deliver):
-            return
-        deliver = self.names.deliver
-        bindings = tuple(BindingSpec(deliver, queue, ladder.deliver_key(queue)) for queue in queues)
-        await declare_topology(connection, Topology(bindings=bindings))
-
-    async def _register(self, connection: AbstractRobustConnection) -> None:
-        """Add the queues this publisher declared to the registry; a failure is logged and
-        tried again on the next send (it must not fail this one)."""
-        if not self._unregistered:
-            return
-        try:
-            async with asyncio.timeout(self.settings.publish_timeout):
-                await register(connection, self.settings.prefix, self._unregistered)
-        except Exception as exc:
-            log.warning(
-                "publisher.register.failed", queues=sorted(self._unregistered), error=repr(exc)
-            )
-            return
-        self._unregistered.clear()
-
-    async def _declare_command_queue(
-        self, connection: AbstractRobustConnection, queue: str
-    ) -> None:
-        """Declare ``queue`` and its poison queue as a worker does (same settings, same
-        arguments), and say so loudly: no worker has declared it yet."""
-        topology = command_queue_topology(
-            self.settings.prefix, queue, retry_tiers=(), delivery_limit=self.settings.delivery_limit
-        )
-        await declare_topology(connection, topology)
-        self.declared_queues.append(queue)
-        log.warning(
-            "publisher.declared_queue",
-            queue=queue,
-            detail="no worker has declared this queue yet: its commands wait there for "
-            "one (is the queue name right?)",
-        )
 
     async def republish(self, body: bytes, properties: Properties, queue: str) -> None:
         """Publish a copy of a delivery straight into ``queue``, confirmed (retry, poison

@@ -4,11 +4,12 @@ pamqp marshals properties generically on every publish, looking up each property
 by name, and encodes a headers table entry by entry: for an envelope (five headers, six
 properties) that was the largest cost of a send in postdate's own code, about 15 us.
 :class:`PublishProperties` runs pamqp's own marshalling loop with the per-property lookups
-done once, and encodes the headers table from cached entries: most repeat from one message
-to the next (attempt, schema, queue, the ladder key in ``CC``), each encoded once by pamqp
-itself; integers (the due time) are encoded per message by pamqp's own function. The
-table is encoded from its content when the frame is marshalled, so a header changed after
-the properties were built is sent as changed. ``tests/unit/test_wire.py`` pins the bytes.
+done once, and encodes the headers table from cached entries: most repeat from one
+message to the next (attempt, schema, queue, the ladder's hop keys in ``CC``), each
+encoded once by pamqp itself; integers (the due time) are encoded per message by pamqp's
+own function. The table is encoded from its content when the frame is marshalled, so a
+header changed after the properties were built is sent as changed.
+``tests/unit/test_wire.py`` pins the bytes.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import aiormq
 import pamqp.encode
 from pamqp.common import FieldArray, FieldTable, FieldValue, Struct
 
-# Distinct string entries kept: queues, attempts and ladder keys (one per delay in whole
-# seconds and queue); an entry not kept is encoded by pamqp as before.
+# Distinct string entries kept: queues, attempts and ladder hop keys (one list per delay in
+# whole seconds and queue); an entry not kept is encoded by pamqp on every publish.
 ENTRY_CACHE_SIZE = 4096
 
 

@@ -13,6 +13,10 @@ command to its handler (they ack it as ``cancelled``) and record every outcome::
     print(await store.timeline(message_id))
 """
 
+from postdate._extras import require
+
+require("sqlalchemy", "postdate.schedule", extra="sql")
+
 from postdate.schedule.cancels import CONFIRM_TIMEOUT_SECONDS, WATCHER_LIVE_SECONDS, cancel_in
 from postdate.schedule.engine import make_engine
 from postdate.schedule.records import (

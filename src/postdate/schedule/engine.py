@@ -7,7 +7,10 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from postdate._extras import require
+
 SQLITE_BUSY_TIMEOUT = 30.0
+DRIVER_EXTRAS = {"aiosqlite": "sql", "asyncpg": "postgres"}
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -21,7 +24,11 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
     Raises:
         sqlalchemy.exc.ArgumentError: ``url`` is not a database URL SQLAlchemy knows.
+        ModuleNotFoundError: its driver is not installed (the message names the extra).
     """
+    for driver, extra in DRIVER_EXTRAS.items():
+        if f"+{driver}" in url.split("://", 1)[0]:
+            require(driver, f"a {url.split('+', 1)[0]} database", extra)
     if not url.startswith("sqlite"):
         return create_async_engine(url, **kwargs)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT, **kwargs.pop("connect_args", {})}

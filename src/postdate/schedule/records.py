@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+
+OVERDUE_GRACE = timedelta(seconds=1)
+"""How long after its due time a command not yet published counts as overdue: a running
+relay publishes a row within its poll interval (0.5 s) of the commit, well before it is
+due, so one still unpublished this late after its due time says no relay is running."""
 
 
 class CancelStatus(StrEnum):
@@ -44,6 +49,16 @@ class Scheduled:
     scheduled_at: datetime
     published_at: datetime | None
     attempts: int  # deliveries recorded so far (retries)
+
+    @property
+    def overdue(self) -> bool:
+        """Whether it is overdue now (see :meth:`overdue_at`)."""
+        return self.overdue_at(datetime.now(UTC))
+
+    def overdue_at(self, now: datetime) -> bool:
+        """Whether at ``now`` it was due more than :data:`OVERDUE_GRACE` ago and not
+        published yet (is a relay running?)."""
+        return self.published_at is None and self.due_at < now - OVERDUE_GRACE
 
 
 @dataclass(frozen=True)

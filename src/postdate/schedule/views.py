@@ -13,8 +13,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from postdate._clock import require_aware
 from postdate._errors import InvalidArgument
-from postdate.outbox.queries import epoch_ms, row_filters
 from postdate.outbox.schema import not_cancelled, outbox_table
+from postdate.schedule.filters import epoch_ms, row_filters
 from postdate.schedule.records import (
     FINAL_OUTCOMES,
     HistoryEntry,

@@ -39,7 +39,7 @@ from orders.domain import (
 from orders.payments import PaymentGateway, Refund
 from orders.tables import metadata, orders, refunds, reminder_log
 from postdate import outbox
-from postdate.schedule import ScheduleStore, cancel_in
+from postdate.schedule import Scheduled, ScheduleStore, cancel_in, views
 from postdate.schedule.engine import make_engine
 
 
@@ -113,7 +113,7 @@ class OrderStore:
         (cancels, history, workers: all in ``outbox_metadata``) where missing."""
         async with self.engine.begin() as connection:
             await connection.run_sync(metadata.create_all)
-            await connection.run_sync(outbox.outbox_metadata.create_all)
+            await connection.run_sync(outbox.create_tables)
 
     async def drop_schema(self) -> None:
         """Drop the outbox and schedule tables and the service's tables, with their rows."""
@@ -330,10 +330,10 @@ class OrderStore:
                 for row in await session.execute(query)
             ]
 
-    async def upcoming(self, order_id: uuid.UUID) -> list[outbox.OutboxRow]:
-        """What is scheduled for this order from now on (relayed or not)."""
+    async def upcoming(self, order_id: uuid.UUID) -> list[Scheduled]:
+        """What is scheduled for this order and not done yet (relayed or not)."""
         async with self.sessions() as session:
-            return await outbox.upcoming(session, correlation_id=str(order_id))
+            return await views.upcoming(session, correlation_id=str(order_id))
 
     # --- helpers ----------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from postdate.broker._registry import registry_topology
 from postdate.broker._topology import Topology
 from postdate.observe._logs import configure_logging
 from postdate.outbox import OutboxRelay
-from postdate.schedule import HistoryEntry, ScheduleStore, Timeline
+from postdate.schedule import HistoryEntry, ScheduleStore, Timeline, views
 
 REFUNDED = "refunded and cancelled"
 RETRIED = "retried then refunded"
@@ -316,13 +316,13 @@ class Demo:
     async def print_overview(self, example: Order) -> None:
         """Show the outbox's reminders by due second, and what is coming up for ``example``."""
         async with self.store.sessions() as session:
-            buckets = await outbox.schedule_overview(session, timedelta(seconds=1))
-        self.say("upcoming reminders by due second (queried from the outbox):")
-        for bucket in buckets:
+            counts = await views.overview(session, timedelta(seconds=1))
+        self.say("upcoming reminders by due second (queried from the schedule):")
+        for bucket in (count for count in counts if count.outcome == views.SCHEDULED):
             bar = "#" * bucket.count
             print(f"          {bucket.start:%H:%M:%S} UTC  {bucket.count:3d} {bar}", flush=True)
         for row in await self.store.upcoming(example.id):
-            state = "published" if row.relayed else "not yet published"
+            state = "published" if row.published_at else "not yet published"
             self.say(
                 f"coming up for order {str(example.id)[:8]}: {row.type} "
                 f"at {row.due_at:%H:%M:%S.%f}"[:-3]
