@@ -26,6 +26,7 @@ from postdate._errors import (
 )
 from postdate._outcomes import Outcome, Reason, Retry, Skip
 from postdate._settings import Settings
+from postdate._version import __version__ as __version__
 from postdate.consume._consumer import Consumer
 from postdate.consume._context import Context
 from postdate.consume._retry import RetryPolicy

@@ -19,9 +19,18 @@ from sqlalchemy import text
 from orders.commands import ExpireReservation, expire_command_for
 from orders.store import OrderStore
 from postdate import Publisher
+from postdate.observe import _logs
 from postdate.outbox import OutboxRelay
 from postdate.schedule import make_engine
 from tests.integration.orders_fixtures import BACKENDS, Database, require_postgres
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command run in-process (typer's CliRunner) must not configure logging for the
+    tests after it: configure_logging would bind the cached loggers to the runner's
+    stream, closed once the command returns, at the level the command asked for."""
+    monkeypatch.setattr(_logs, "_configured", True)
 
 
 @pytest.fixture(name="database", params=BACKENDS)

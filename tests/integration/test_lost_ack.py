@@ -5,6 +5,7 @@ broker delivers it again."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import time
@@ -32,10 +33,17 @@ class Permanent(Exception):
 @pytest.fixture
 def outcome_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Line]]:
     """Everything structlog logs during the test; the dispatcher's logger is swapped for a
-    fresh one, in case an earlier ``configure_logging`` cached it."""
-    with structlog.testing.capture_logs() as captured:
-        monkeypatch.setattr(dispatch_module, "log", structlog.get_logger(dispatch_module.__name__))
-        yield captured
+    fresh one, in case an earlier ``configure_logging`` cached it, and any level filter an
+    earlier in-process CLI run set (``configure_logging("ERROR")``) is lifted."""
+    before = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as captured:
+            fresh = structlog.get_logger(dispatch_module.__name__)
+            monkeypatch.setattr(dispatch_module, "log", fresh)
+            yield captured
+    finally:
+        structlog.configure(wrapper_class=before["wrapper_class"])
 
 
 def lines_of(captured: list[Line], message_id: str) -> list[Line]:
