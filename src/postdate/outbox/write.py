@@ -24,11 +24,32 @@ def _values(
     correlation_id: str | None,
 ) -> dict[str, Any]:
     require_command(command)
+    return row_values(
+        message_id or str(uuid.uuid4()),
+        command.queue,
+        command.command_type,
+        command.model_dump_json(),
+        due,
+        now,
+        correlation_id,
+    )
+
+
+def row_values(
+    message_id: str,
+    queue: str,
+    command_type: str,
+    body: str,
+    due: datetime,
+    now: datetime,
+    correlation_id: str | None,
+) -> dict[str, Any]:
+    """The values of a new, unpublished outbox row."""
     return {
-        "message_id": message_id or str(uuid.uuid4()),
-        "queue": command.queue,
-        "type": command.command_type,
-        "body": command.model_dump_json(),
+        "message_id": message_id,
+        "queue": queue,
+        "type": command_type,
+        "body": body,
         "due_at": due,
         "due_ms": to_epoch_ms(due),
         "correlation_id": correlation_id,

@@ -66,7 +66,7 @@ async def _write_tombstones(session: AsyncSession, ids: Sequence[str], reason: s
     """Tombstones for ``ids``, and a ``cancelled`` outcome for those the relay has not
     published (no worker will ever see them to record one)."""
     now = datetime.now(UTC)
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         await session.execute(
             insert(cancel_table),
             [{"message_id": mid, "requested_at": now, "reason": reason} for mid in chunk],
@@ -78,7 +78,7 @@ async def _record_unpublished(
     session: AsyncSession, ids: Sequence[str], reason: str, now: datetime
 ) -> None:
     table = outbox_table
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         found = await session.execute(
             select(table.c.message_id, table.c.queue, table.c.type, table.c.correlation_id).where(
                 table.c.message_id.in_(chunk), table.c.sent_at.is_(None)
@@ -166,7 +166,7 @@ async def _late_marks(
     """Of ``ids``: the worker that marked each too late, and each one's final outcome."""
     late: dict[str, str] = {}
     async with sessions() as session:
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             rows = await session.execute(
                 select(cancel_table.c.message_id, cancel_table.c.too_late_by).where(
                     cancel_table.c.message_id.in_(chunk), cancel_table.c.too_late_by.is_not(None)
@@ -183,7 +183,7 @@ async def _final_outcomes(
     """The final outcome recorded for each of ``ids`` that has one."""
     outcomes = set(FINAL_OUTCOMES) - ({"cancelled"} if exclude_cancelled else set())
     found: dict[str, str] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         rows = await session.execute(
             select(history_table.c.message_id, history_table.c.outcome).where(
                 history_table.c.message_id.in_(chunk), history_table.c.outcome.in_(outcomes)
@@ -195,7 +195,7 @@ async def _final_outcomes(
 
 async def _tombstoned(session: AsyncSession, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         rows = await session.execute(
             select(cancel_table.c.message_id).where(cancel_table.c.message_id.in_(chunk))
         )
@@ -219,5 +219,6 @@ async def _last_cancel_id(session: AsyncSession) -> int:
     return int(result.scalar_one() or 0)
 
 
-def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+def chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    """``ids`` in lists short enough for one ``IN (...)`` on every backend."""
     return [ids[start : start + _CHUNK] for start in range(0, len(ids), _CHUNK)]

@@ -9,8 +9,8 @@ from datetime import datetime
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from postdate._clock import to_epoch_ms
 from postdate.outbox.schema import OutboxRow, hold_table, outbox_table
+from postdate.outbox.write import row_values
 from postdate.schedule.cancels import Sessions, cancel_in
 from postdate.schedule.records import CancelResult, CancelStatus
 
@@ -41,17 +41,7 @@ class HeldCopy:
 
 def copy_values(row: OutboxRow, message_id: str, due: datetime, now: datetime) -> dict[str, object]:
     """The outbox row of ``row``'s command under ``message_id``, due at ``due``."""
-    return {
-        "message_id": message_id,
-        "queue": row.queue,
-        "type": row.type,
-        "body": row.body,
-        "due_at": due,
-        "due_ms": to_epoch_ms(due),
-        "correlation_id": row.correlation_id,
-        "created_at": now,
-        "attempts": 0,
-    }
+    return row_values(message_id, row.queue, row.type, row.body, due, now, row.correlation_id)
 
 
 async def settle_copy(sessions: Sessions, new_id: str, old_id: str, result: CancelResult) -> None:

@@ -23,7 +23,7 @@ from postdate._errors import ConfigError
 from postdate._outcomes import Outcome
 from postdate.observe._logs import get_logger
 from postdate.outbox.schema import cancel_ids_reusable
-from postdate.schedule.cancels import Sessions
+from postdate.schedule.cancels import Sessions, chunks
 from postdate.schedule.history import HISTORY_COLUMNS, Row, insert_history
 from postdate.schedule.tables import cancel_table, history_table, watcher_table
 
@@ -243,7 +243,6 @@ class CancelWatch:
 
 
 _OUTCOME = HISTORY_COLUMNS.index("outcome")
-_CHUNK = 500  # ids per IN (...) list
 
 
 async def _drop_recorded_cancels(session: AsyncSession, rows: list[Row]) -> list[Row]:
@@ -252,10 +251,10 @@ async def _drop_recorded_cancels(session: AsyncSession, rows: list[Row]) -> list
     only when the relay had read it just before."""
     ids = [row[0] for row in rows if row[_OUTCOME] == Outcome.CANCELLED.value]
     recorded: set[str] = set()
-    for start in range(0, len(ids), _CHUNK):
+    for chunk in chunks(ids):
         found = await session.execute(
             select(history_table.c.message_id).where(
-                history_table.c.message_id.in_(ids[start : start + _CHUNK]),
+                history_table.c.message_id.in_(chunk),
                 history_table.c.outcome == Outcome.CANCELLED.value,
             )
         )
